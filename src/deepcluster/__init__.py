@@ -1,0 +1,1 @@
+"""deepcluster: unsupervised visual features by alternating clustering and classification."""
