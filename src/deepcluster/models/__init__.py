@@ -1,0 +1,32 @@
+"""Backbones (AlexNet-BN, VGG-16-BN, ResNet), the fixed Sobel layer, heads and the architecture registry."""
+
+from deepcluster.models.alexnet import AlexNetBN, alexnet_bn, alexnet_bn_small
+from deepcluster.models.backbone import Backbone, ConvFCBackbone
+from deepcluster.models.heads import ClassifierHead, linear_head
+from deepcluster.models.init import init_deepcluster_weights
+from deepcluster.models.registry import ARCHITECTURES, FAMILIES, build_backbone, default_arch_for
+from deepcluster.models.resnet import ResNetBackbone, resnet18, resnet50
+from deepcluster.models.sobel import Sobel
+from deepcluster.models.vgg import VGG16BN, vgg16_bn, vgg16_bn_small
+
+__all__ = [
+    "ARCHITECTURES",
+    "FAMILIES",
+    "AlexNetBN",
+    "Backbone",
+    "ClassifierHead",
+    "ConvFCBackbone",
+    "ResNetBackbone",
+    "Sobel",
+    "VGG16BN",
+    "alexnet_bn",
+    "alexnet_bn_small",
+    "build_backbone",
+    "default_arch_for",
+    "init_deepcluster_weights",
+    "linear_head",
+    "resnet18",
+    "resnet50",
+    "vgg16_bn",
+    "vgg16_bn_small",
+]

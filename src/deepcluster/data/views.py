@@ -1,0 +1,148 @@
+"""The two views of an image, applied to whole batches of decoded uint8 tensors.
+
+* Cluster view: centre crop to the input size, scale to [0, 1], normalise. No randomness.
+* Train view: random resized crop (torchvision's sampling rule, done for a whole batch at once with
+  `torchvision.ops.roi_align`), horizontal flip, optional brightness/contrast/saturation jitter and random
+  grayscale, normalise.
+
+Images arrive as uint8 [B, 3, S, S] (decoded once, see `decode.py`); every random draw comes from a
+`torch.Generator` the caller owns, so a batch's augmentation is fixed by the generator's seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torchvision.ops import roi_align
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    w = _GRAY_WEIGHTS
+    return (w[0] * r + w[1] * g + w[2] * b).unsqueeze(1)
+
+
+def center_crop_offsets(size: int, crop: int) -> int:
+    """Top/left offset of a centre crop, rounded like torchvision's `center_crop`."""
+    return int(round((size - crop) / 2.0))
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Deterministic view used to compute clustering features: centre crop, [0, 1], normalise."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, S, S] -> float32 [B, 3, input_size, input_size]."""
+        size = images.shape[-1]
+        if size < self.input_size:
+            raise ValueError(f"images of {size} px are smaller than input_size={self.input_size}")
+        if size != self.input_size:
+            top = center_crop_offsets(images.shape[-2], self.input_size)
+            left = center_crop_offsets(size, self.input_size)
+            images = images[..., top : top + self.input_size, left : left + self.input_size]
+        return _normalize(images.float().div_(255.0), self.mean, self.std)
+
+
+def sample_crop_boxes(
+    n: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+    attempts: int = 10,
+) -> torch.Tensor:
+    """Crop boxes (x1, y1, x2, y2), float [n, 4], drawn as torchvision's RandomResizedCrop draws them.
+
+    Each image gets up to `attempts` draws of area fraction ~ U(scale) and log aspect ratio ~ U(log ratio); the
+    first draw that fits is kept, with an integer size and a uniform integer position. Images whose draws all
+    fail get torchvision's fallback: the largest centred crop with a clamped aspect ratio.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    target_area = area * torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator)
+    aspect = torch.exp(torch.empty(n, attempts).uniform_(log_lo, log_hi, generator=generator))
+    w = torch.round(torch.sqrt(target_area * aspect))
+    h = torch.round(torch.sqrt(target_area / aspect))
+    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    first = torch.where(ok.any(dim=1), ok.float().argmax(dim=1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    pick = first.clamp(min=0)
+    crop_w, crop_h = w[rows, pick], h[rows, pick]
+
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fb_w, fb_h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fb_w, fb_h = int(round(height * ratio[1])), height
+    else:
+        fb_w, fb_h = width, height
+    failed = first < 0
+    crop_w = torch.where(failed, torch.full_like(crop_w, fb_w), crop_w)
+    crop_h = torch.where(failed, torch.full_like(crop_h, fb_h), crop_h)
+
+    u = torch.rand(n, 2, generator=generator)
+    top = torch.floor(u[:, 0] * (height - crop_h + 1))
+    left = torch.floor(u[:, 1] * (width - crop_w + 1))
+    top = torch.where(failed, torch.round((height - crop_h) / 2), top)
+    left = torch.where(failed, torch.round((width - crop_w) / 2), left)
+    return torch.stack([left, top, left + crop_w, top + crop_h], dim=1)
+
+
+@dataclass(frozen=True)
+class TrainView:
+    """Random resized crop + flip (+ colour jitter, grayscale), normalised; one call augments a whole batch."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    color_jitter: float = 0.0
+    grayscale_prob: float = 0.0
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """uint8 [B, 3, S, S] -> float32 [B, 3, input_size, input_size]; randomness from `generator` (CPU)."""
+        n, _, height, width = images.shape
+        boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, generator)
+        batch_index = torch.arange(n, dtype=boxes.dtype).unsqueeze(1)
+        rois = torch.cat([batch_index, boxes], dim=1).to(images.device)
+        x = roi_align(images.float(), rois, output_size=self.input_size, aligned=True)
+        x.div_(255.0)
+        if self.flip:
+            flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        if self.color_jitter > 0:
+            x = self._jitter(x, generator)
+        if self.grayscale_prob > 0:
+            gray = (torch.rand(n, generator=generator) < self.grayscale_prob).to(images.device)
+            x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+        return _normalize(x, self.mean, self.std)
+
+    def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image, in that order."""
+        n = x.shape[0]
+        s = self.color_jitter
+        factors = torch.empty(n, 3).uniform_(max(0.0, 1 - s), 1 + s, generator=generator).to(x.device)
+        brightness, contrast, saturation = (f.view(-1, 1, 1, 1) for f in factors.unbind(dim=1))
+        x = (x * brightness).clamp_(0, 1)
+        mean_gray = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (contrast * x + (1 - contrast) * mean_gray).clamp_(0, 1)
+        x = (saturation * x + (1 - saturation) * _grayscale(x)).clamp_(0, 1)
+        return x

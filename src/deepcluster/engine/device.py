@@ -1,0 +1,69 @@
+"""Device and numeric precision: pick them once, detect bf16 support, and give an autocast context."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (AVX-512 BF16 or AMX), so bf16 autocast pays off."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available else cpu; a cuda request without a GPU is an error naming --device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch; use --device cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto` -> bf16 on CPUs with native bf16 and on CUDA GPUs that support it, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How forward passes run: an autocast context, and whether tensors use channels-last layout."""
+
+    device: torch.device
+    name: str
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.name == "bf16" else None
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cuda" or self.name == "bf16"
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        """Autocast to bf16 for the forward pass, or a no-op context in fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)

@@ -1,0 +1,40 @@
+"""Forward passes over a whole decoded data set in eval mode (clustering features, k-NN features)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from deepcluster.engine.device import Precision
+
+
+@torch.no_grad()
+def extract_features(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    view: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    precision: Precision,
+    progress: bool = False,
+    desc: str = "features",
+) -> np.ndarray:
+    """Apply `view` then `forward` to every image, batch by batch; float32 [N, D] on the host.
+
+    The caller puts its modules in eval mode; `images` are uint8 [N, 3, S, S] on the host.
+    """
+    outputs: list[np.ndarray] = []
+    bar = tqdm(total=images.shape[0], desc=desc, unit="img", disable=not progress, leave=False)
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start : start + batch_size].to(precision.device, non_blocking=True)
+        x = view(batch)
+        if precision.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with precision.autocast():
+            y = forward(x)
+        outputs.append(y.float().cpu().numpy())
+        bar.update(batch.shape[0])
+    bar.close()
+    return np.concatenate(outputs, axis=0)

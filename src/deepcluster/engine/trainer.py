@@ -1,0 +1,522 @@
+"""The epoch loop shared by every method: extract, assign, train; checkpoints, exact resume, logs.
+
+One epoch, as data:
+    images --cluster view--> backbone --> features --method.assign--> labels
+       `--train view--> backbone + head(s) <-- uniform sampler over labels --> loss --> SGD step
+
+Every random draw is either counter-based (a seed derived from the run's seed and the epoch/step it serves) or
+comes from the global generators whose states the checkpoint carries, so a resumed run reaches the same weights
+and labels as one that never stopped (same seed, same device and thread count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from deepcluster.config import ConfigError, TrainConfig, dump_config
+from deepcluster.data.decode import DecodedImages, decode_images
+from deepcluster.data.samplers import uniform_cluster_sample
+from deepcluster.data.sources import ImageSource, open_source
+from deepcluster.data.views import ClusterView, TrainView
+from deepcluster.engine.checkpoint import (
+    atomic_save_numpy,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
+from deepcluster.engine.device import Precision, resolve_device, resolve_precision
+from deepcluster.engine.features import extract_features
+from deepcluster.engine.run_dir import RunDir
+from deepcluster.engine.seeding import (
+    capture_rng_state,
+    derive_seed,
+    restore_rng_state,
+    seed_everything,
+    torch_generator,
+)
+from deepcluster.evaluate.metrics import ari, nmi
+from deepcluster.methods import Assignment, Method, build_method
+from deepcluster.models import build_backbone
+
+log = logging.getLogger("deepcluster")
+
+CHECKPOINT_VERSION = 1
+SMALL_INPUT_LIMIT = 96
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+@dataclass
+class LoopState:
+    """Where the loop stands, beyond the modules' and optimisers' own states."""
+
+    epoch: int = 0
+    step: int = 0
+    labels_epoch: int = -1
+    labels: np.ndarray | None = None
+    prev_labels: np.ndarray | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+    loss_sum: float = 0.0
+    loss_count: int = 0
+
+
+@dataclass
+class RunResult:
+    """What a finished run hands back to the caller."""
+
+    run_dir: Path
+    labels: np.ndarray
+    indices: np.ndarray
+    history: list[dict[str, Any]]
+    backbone: nn.Module
+
+
+StepCallback = Callable[["Trainer"], None]
+
+
+def infer_input_size(source: ImageSource, tries: int = 16) -> int:
+    """The images' own shorter side when it is at most 96 px (small-input models), else 224."""
+    for index in range(min(tries, len(source))):
+        try:
+            width, height = source.load(index).size
+        except Exception:  # a corrupt first image must not decide anything
+            continue
+        side = min(width, height)
+        return side if side <= SMALL_INPUT_LIMIT else 224
+    raise ConfigError(f"--data: none of the first {tries} images of {source.description} could be read")
+
+
+def resolve_config(config: TrainConfig, source: ImageSource, device: torch.device) -> TrainConfig:
+    """Fill every automatic setting (input size, resize, arch, device, precision) from the data and the machine."""
+    data = dataclasses.replace(config.data)
+    data.input_size = data.input_size or infer_input_size(source)
+    if data.resize is None:
+        data.resize = (
+            data.input_size if data.input_size <= SMALL_INPUT_LIMIT else round(data.input_size * 256 / 224)
+        )
+    model = dataclasses.replace(config.model)
+    if model.arch is None:
+        model.arch = "alexnet_small" if data.input_size <= SMALL_INPUT_LIMIT else "alexnet"
+    run = dataclasses.replace(config.run)
+    run.device = str(device)
+    run.precision = resolve_precision(config.run.precision, device)
+    return dataclasses.replace(config, data=data, model=model, run=run)
+
+
+class Trainer:
+    """Runs one configuration end to end, or resumes it from its run directory."""
+
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, on_step: StepCallback | None = None
+    ) -> None:
+        config.validate()
+        if config.run.out is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            config = dataclasses.replace(
+                config, run=dataclasses.replace(config.run, out=f"runs/{config.method}-{stamp}")
+            )
+        self.run_dir = RunDir(config.run.out)
+        self.run_dir.prepare(resume=resume)
+        self.resume = resume
+        self.on_step = on_step
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        try:
+            device = resolve_device(config.run.device)
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        self.source = open_source(
+            config.data.data,
+            root=config.data.data_root,
+            split=config.data.split,
+            download=config.data.download,
+        )
+        self.config = resolve_config(config, self.source, device)
+        self._check_k(len(self.source))
+        self.precision = Precision(device, self.config.run.precision)
+        self.state = LoopState()
+        self._file_log: logging.Handler | None = None
+        self._writer: Any = None
+        self.method: Method = build_method(self.config)
+        if not resume:
+            seed_everything(self.config.run.seed)
+        model = self.config.model
+        try:
+            self.backbone = build_backbone(
+                model.arch, sobel=model.sobel, input_size=self.config.data.input_size
+            )
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+
+    def _check_k(self, n_images: int) -> None:
+        k = self.config.cluster.k
+        if k > n_images:
+            raise ConfigError(
+                f"--k {k} is larger than the number of images ({n_images}); use --k {n_images} or less"
+            )
+
+    # ---------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        cfg = self.config
+        self._file_log = logging.FileHandler(self.run_dir.log_file)
+        self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(self._file_log)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.info("data: %s", self.source.description)
+        self.decoded: DecodedImages = decode_images(
+            self.source,
+            cfg.data.resize,
+            num_threads=cfg.data.decode_threads,
+            progress=cfg.run.progress,
+            log=log,
+        )
+        if self.decoded.skipped:
+            self.run_dir.write_skipped(self.decoded.skipped)
+            log.warning(
+                "%d image(s) could not be read and were skipped; see %s",
+                len(self.decoded.skipped),
+                self.run_dir.skipped,
+            )
+        n_images = self.decoded.images.shape[0]
+        self._check_k(n_images)
+        true = self.source.labels
+        self.true_labels = None if true is None else np.asarray(true)[self.decoded.indices]
+        atomic_write_text(self.run_dir.config, dump_config(cfg))
+        self.backbone.to(self.precision.device)
+        if self.precision.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(
+            self.backbone.trainable_parameters(),
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.heads: nn.Module | None = None
+        self.head_optimizer: torch.optim.Optimizer | None = None
+        self.cluster_view = ClusterView(cfg.data.input_size, cfg.data.mean, cfg.data.std)
+        aug = cfg.augment
+        self.train_view = TrainView(
+            cfg.data.input_size,
+            cfg.data.mean,
+            cfg.data.std,
+            scale=aug.crop_scale,
+            ratio=aug.crop_ratio,
+            flip=aug.flip,
+            color_jitter=aug.color_jitter,
+            grayscale_prob=aug.grayscale_prob,
+        )
+        self.epoch_size = cfg.optim.epoch_size or n_images
+        self.batch_size = min(cfg.optim.batch_size, self.epoch_size)
+        self.steps_per_epoch = max(1, self.epoch_size // self.batch_size)
+        if self.resume:
+            self._load()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=self.state.epoch or None)
+        log.info(
+            "run %s: %s on %d images, arch %s at %d px, k=%d, %s/%s, %d steps/epoch",
+            self.run_dir.root,
+            cfg.method,
+            n_images,
+            cfg.model.arch,
+            cfg.data.input_size,
+            cfg.cluster.k,
+            self.precision.device,
+            self.precision.name,
+            self.steps_per_epoch,
+        )
+
+    def _teardown(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._file_log is not None:
+            log.removeHandler(self._file_log)
+            self._file_log.close()
+            self._file_log = None
+
+    # ---------------------------------------------------------------- checkpoints
+    def _checkpoint_state(self) -> dict[str, Any]:
+        state = self.state
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "arch": self.config.model.arch,
+            "model": self.backbone.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "heads": None if self.heads is None else self.heads.state_dict(),
+            "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
+            "n_classes": None if self.heads is None else self._n_classes,
+            "loop": {
+                "epoch": state.epoch,
+                "step": state.step,
+                "labels_epoch": state.labels_epoch,
+                "labels": state.labels,
+                "prev_labels": state.prev_labels,
+                "history": state.history,
+                "record": state.record,
+                "loss_sum": state.loss_sum,
+                "loss_count": state.loss_count,
+            },
+            "indices": self.decoded.indices,
+            "rng": capture_rng_state(),
+        }
+
+    def save(self) -> None:
+        """Write checkpoints/last.pt atomically."""
+        save_checkpoint(self.run_dir.checkpoint, self._checkpoint_state())
+
+    def _load(self) -> None:
+        path = self.run_dir.checkpoint
+        if not path.exists():
+            raise ConfigError(f"--resume {self.run_dir.root}: no checkpoint at {path}")
+        ckpt = load_checkpoint(path)
+        if not np.array_equal(ckpt["indices"], self.decoded.indices):
+            raise ConfigError(f"--resume {self.run_dir.root}: the images readable now differ from the run's")
+        self.backbone.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        loop = ckpt["loop"]
+        self.state = LoopState(**loop)
+        if ckpt["heads"] is not None:
+            assignment = Assignment(labels=loop["labels"], n_classes=ckpt["n_classes"])
+            self._new_heads(assignment, epoch=loop["labels_epoch"])
+            self.heads.load_state_dict(ckpt["heads"])
+            self.head_optimizer.load_state_dict(ckpt["head_optimizer"])
+        restore_rng_state(ckpt["rng"])
+        self.run_dir.write_metrics(self.state.history)
+        log.info("resumed %s at epoch %d, step %d", self.run_dir.root, self.state.epoch, self.state.step)
+
+    # ---------------------------------------------------------------- phases
+    def _new_heads(self, assignment: Assignment, epoch: int) -> None:
+        generator = torch_generator(derive_seed(self.config.run.seed, "heads", epoch))
+        heads = self.method.build_heads(self.backbone.feature_dim, assignment, generator)
+        self.heads = heads.to(self.precision.device)
+        self._n_classes = assignment.n_classes
+        optim = self.config.optim
+        self.head_optimizer = torch.optim.SGD(
+            self.heads.parameters(),
+            lr=optim.head_lr or optim.lr,
+            momentum=optim.momentum,
+            weight_decay=optim.weight_decay,
+        )
+
+    def _assign(self, epoch: int) -> None:
+        """Extract features, assign labels, log their quality, and give the method fresh heads."""
+        cfg = self.config
+        state = self.state
+        started = time.perf_counter()
+        self.backbone.eval()
+        if self.heads is not None:
+            self.heads.eval()
+        features = extract_features(
+            lambda x: self.method.extract(self.backbone, self.heads, x),
+            self.decoded.images,
+            self.cluster_view,
+            batch_size=cfg.optim.batch_size,
+            precision=self.precision,
+            progress=cfg.run.progress,
+            desc=f"epoch {epoch} features",
+        )
+        extracted = time.perf_counter()
+        assignment = self.method.assign(features, seed=derive_seed(cfg.run.seed, "assign", epoch))
+        assigned = time.perf_counter()
+        if cfg.run.save_features:
+            atomic_save_numpy(self.run_dir.features, features)
+        state.prev_labels = state.labels
+        state.labels = assignment.labels
+        state.labels_epoch = epoch
+        record: dict[str, Any] = {"epoch": epoch, **assignment.stats}
+        record["n_clusters"] = int(np.unique(assignment.labels).size)
+        record["nmi_prev"] = None if state.prev_labels is None else nmi(state.prev_labels, state.labels)
+        if self.true_labels is not None:
+            record["nmi_true"] = nmi(self.true_labels, state.labels)
+            record["ari_true"] = ari(self.true_labels, state.labels)
+        else:
+            record["nmi_true"] = record["ari_true"] = None
+        record["seconds_extract"] = extracted - started
+        record["seconds_assign"] = assigned - extracted
+        state.record = record
+        self.run_dir.write_epoch_labels(epoch, assignment.labels)
+        self._new_heads(assignment, epoch)
+        log.info("epoch %d: labels assigned (%s)", epoch, _format_stats(record))
+
+    def _lr_factor(self, epoch: int, step: int) -> float:
+        optim = self.config.optim
+        if optim.schedule == "constant":
+            return 1.0
+        total = self.config.run.epochs * self.steps_per_epoch
+        progress = (epoch * self.steps_per_epoch + step) / max(1, total)
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _set_lr(self, factor: float) -> None:
+        optim = self.config.optim
+        for group in self.optimizer.param_groups:
+            group["lr"] = optim.lr * factor
+        if self.head_optimizer is not None:
+            for group in self.head_optimizer.param_groups:
+                group["lr"] = (optim.head_lr or optim.lr) * factor
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg = self.config
+        state = self.state
+        assert state.labels is not None and self.heads is not None and self.head_optimizer is not None
+        indices = uniform_cluster_sample(
+            state.labels,
+            self.steps_per_epoch * self.batch_size,
+            seed=derive_seed(cfg.run.seed, "sampler", epoch),
+        )
+        labels = torch.as_tensor(state.labels)
+        self.backbone.train()
+        self.heads.train()
+        device = self.precision.device
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=state.step,
+            desc=f"epoch {epoch} train",
+            unit="batch",
+            disable=not cfg.run.progress,
+            leave=False,
+        )
+        while state.step < self.steps_per_epoch:
+            step = state.step
+            batch = torch.as_tensor(indices[step * self.batch_size : (step + 1) * self.batch_size])
+            generator = torch_generator(derive_seed(cfg.run.seed, "augment", epoch, step))
+            x = self.train_view(self.decoded.images[batch].to(device, non_blocking=True), generator)
+            if self.precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            targets = labels[batch].to(device, non_blocking=True)
+            self._set_lr(self._lr_factor(epoch, step))
+            with self.precision.autocast():
+                outputs = self.heads(self.backbone(x))
+            loss = self.method.loss(outputs, targets)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the training loss became {value} at epoch {epoch}, step {step}; the last good checkpoint "
+                    f"is {self.run_dir.checkpoint}. Lower --lr (now {cfg.optim.lr}) and start again, or resume "
+                    "with a lower rate."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.head_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.head_optimizer.step()
+            state.loss_sum += value
+            state.loss_count += 1
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+            if (
+                cfg.run.checkpoint_every
+                and state.step % cfg.run.checkpoint_every == 0
+                and state.step < self.steps_per_epoch
+            ):
+                self.save()
+            if self.on_step is not None:
+                self.on_step(self)
+        bar.close()
+        state.record["seconds_train"] = state.record.get("seconds_train", 0.0) + time.perf_counter() - started
+
+    def _finish_epoch(self, epoch: int) -> None:
+        state = self.state
+        record = dict(state.record)
+        record["loss"] = state.loss_sum / max(1, state.loss_count)
+        record["lr"] = self.config.optim.lr * self._lr_factor(epoch, self.steps_per_epoch - 1)
+        record["seconds"] = sum(
+            record.get(key, 0.0) for key in ("seconds_extract", "seconds_assign", "seconds_train")
+        )
+        ordered = {
+            "epoch": epoch,
+            "loss": record.pop("loss"),
+            **{k: v for k, v in record.items() if k != "epoch"},
+        }
+        state.history.append(ordered)
+        state.epoch = epoch + 1
+        state.step = 0
+        state.loss_sum, state.loss_count = 0.0, 0
+        state.record = {}
+        self.run_dir.write_metrics(state.history)
+        for key, value in ordered.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                self._writer.add_scalar(f"epoch/{key}", value, epoch)
+        self._writer.flush()
+        log.info("epoch %d done: %s", epoch, _format_stats(ordered))
+
+    # ---------------------------------------------------------------- the run
+    def fit(self) -> RunResult:
+        """Run (or continue) every epoch, then write labels.csv; returns labels and the trained backbone."""
+        try:
+            self._setup()
+            cfg = self.config
+            for epoch in range(self.state.epoch, cfg.run.epochs):
+                if self.state.labels_epoch != epoch:
+                    if self.state.labels is None or epoch % cfg.cluster.recluster_every == 0:
+                        self._assign(epoch)
+                    else:
+                        self.state.labels_epoch = epoch
+                        self.state.record = {"epoch": epoch, "reused_labels": True}
+                    self.save()
+                self._train_epoch(epoch)
+                self._finish_epoch(epoch)
+                self.save()
+            assert self.state.labels is not None
+            names = [self.source.name(int(i)) for i in self.decoded.indices]
+            self.run_dir.write_labels_csv(self.decoded.indices, names, self.state.labels, self.true_labels)
+            log.info("finished: %s", json.dumps(self.state.history[-1]) if self.state.history else "no epoch")
+            return RunResult(
+                self.run_dir.root, self.state.labels, self.decoded.indices, self.state.history, self.backbone
+            )
+        finally:
+            self._teardown()
+
+
+def _format_stats(record: dict[str, Any]) -> str:
+    parts = []
+    for key, value in record.items():
+        if key == "epoch" or value is None:
+            continue
+        parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+    return ", ".join(parts)
+
+
+def train(config: TrainConfig, on_step: StepCallback | None = None) -> RunResult:
+    """Train `config` from scratch into `config.run.out`."""
+    return Trainer(config, resume=False, on_step=on_step).fit()
+
+
+def resume(
+    run_dir: str | Path, epochs: int | None = None, on_step: StepCallback | None = None, **run_overrides: Any
+) -> RunResult:
+    """Continue the run saved in `run_dir` (optionally for more epochs) to the same result as an unbroken run."""
+    from deepcluster.config import load_config
+
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+    config = load_config(run.config)
+    config.run.out = str(run_dir)
+    if epochs is not None:
+        config.run.epochs = epochs
+    for key, value in run_overrides.items():
+        if not hasattr(config.run, key):
+            raise ConfigError(f"--resume: option run.{key} cannot be changed when resuming")
+        setattr(config.run, key, value)
+    return Trainer(config, resume=True, on_step=on_step).fit()

@@ -1,0 +1,167 @@
+"""Tests for deepcluster.cluster.preprocess: PCA-whitening (faiss) and L2-normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deepcluster.cluster import PCAWhitening, l2_normalize, pca_whiten
+
+
+def _correlated_gaussian(n: int = 2000, d: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((d, d))
+    return (rng.standard_normal((n, d)) @ mixing + 5.0).astype(np.float32)
+
+
+def _structured(n: int = 4000, d: int = 64, k: int = 16, seed: int = 0) -> np.ndarray:
+    """k strong directions (std 10 down to 3) in a random basis, plus weak noise (std 0.1) elsewhere."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    std = np.concatenate([np.linspace(10.0, 3.0, k), np.full(d - k, 0.1)])
+    return ((rng.standard_normal((n, d)) * std) @ basis.T + 3.0).astype(np.float32)
+
+
+def _projector(pca: PCAWhitening) -> np.ndarray:
+    assert pca.matrix is not None
+    q = np.linalg.qr(pca.matrix.T.astype(np.float64))[0]
+    return q @ q.T
+
+
+def test_whitening_statistics_match_numpy_pca() -> None:
+    x = _correlated_gaussian()
+    pca = PCAWhitening(dim=16, l2_normalize=False).fit(x)
+    y = pca.apply(x)
+    assert y.shape == (2000, 16) and y.dtype == np.float32 and y.flags.c_contiguous
+    # Fitted and applied on the same rows, the whitened output has identity (population) covariance exactly,
+    # up to float32 rounding (~1e-6 relative); 1e-3 leaves room for that and nothing else.
+    cov = np.cov(y.astype(np.float64), rowvar=False, bias=True)
+    np.testing.assert_allclose(np.diag(cov), 1.0, atol=1e-3)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-3)
+    # Reference in float64: variances along principal axes and the axes themselves (up to sign).
+    xc = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    evals, evecs = np.linalg.eigh(xc.T @ xc / len(x))
+    order = np.argsort(evals)[::-1][:16]
+    assert pca.eigenvalues is not None
+    np.testing.assert_allclose(pca.eigenvalues, evals[order], rtol=1e-3)
+    reference = xc @ evecs[:, order] / np.sqrt(evals[order])
+    corr = np.abs((reference * y).mean(axis=0))  # both columns have unit variance: |correlation|
+    np.testing.assert_allclose(corr, 1.0, atol=1e-3)
+
+
+def test_pca_whiten_rows_have_unit_norm() -> None:
+    y = pca_whiten(_correlated_gaussian(), dim=16)
+    assert y.shape == (2000, 16) and y.dtype == np.float32 and y.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-5)
+
+
+def test_accepts_float64_and_non_contiguous_input() -> None:
+    x = _correlated_gaussian(n=500, d=64)
+    wide = np.repeat(x.astype(np.float64), 2, axis=1)[:, ::2]  # float64 view with stride 2: not contiguous
+    assert not wide.flags.c_contiguous
+    expected = pca_whiten(x, dim=8)
+    np.testing.assert_allclose(pca_whiten(wide, dim=8), expected, atol=1e-6)
+    np.testing.assert_allclose(pca_whiten(np.asfortranarray(x), dim=8), expected, atol=1e-6)
+
+
+def test_fit_on_sample_is_close_to_fit_on_all_rows() -> None:
+    x = _structured()
+    full = PCAWhitening(dim=16).fit(x)
+    sampled = PCAWhitening(dim=16).fit(x, sample_size=1000, seed=1)
+    # The 16-D principal subspace is well separated (variance >= 9 vs 0.01), so 1000 rows pin it down:
+    # spectral distance between the projectors is ~noise/gap ~ 1e-2 at most.
+    assert np.linalg.norm(_projector(full) - _projector(sampled), 2) < 0.05
+    # Variance estimates from 1000 Gaussian rows have ~4.5% relative std: 20% is > 4 sigma.
+    assert full.eigenvalues is not None and sampled.eigenvalues is not None
+    np.testing.assert_allclose(sampled.eigenvalues, full.eigenvalues, rtol=0.2)
+    # Same geometry after whitening + L2: pairwise cosine similarities nearly agree.
+    a, b = full.apply(x[:300]), sampled.apply(x[:300])
+    assert np.abs(a @ a.T - b @ b.T).mean() < 0.06
+    # And a PCA fitted on unrelated data does not (the check above can fail).
+    other = PCAWhitening(dim=16).fit(_correlated_gaussian(n=4000, seed=3)).apply(x[:300])
+    assert np.abs(a @ a.T - other @ other.T).mean() > 0.1
+
+
+def test_sample_size_is_honoured_and_seeded() -> None:
+    x = _structured(n=1000)
+    # Only 10 rows are used, so a 16-D PCA is impossible: the error proves the sample was drawn.
+    with pytest.raises(ValueError, match="pca_dim=16"):
+        PCAWhitening(dim=16).fit(x, sample_size=10)
+    a = PCAWhitening(dim=4).fit(x, sample_size=50, seed=7).apply(x)
+    b = PCAWhitening(dim=4).fit(x, sample_size=50, seed=7).apply(x)
+    c = PCAWhitening(dim=4).fit(x, sample_size=50, seed=8).apply(x)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(np.abs(a), np.abs(c), atol=1e-4)
+
+
+def test_state_dict_round_trip_is_exact() -> None:
+    x = _correlated_gaussian(n=600)
+    pca = PCAWhitening(dim=12, eigen_power=-0.5).fit(x)
+    state = pca.state_dict()
+    assert state["dim"] == 12 and state["input_dim"] == 64
+    rebuilt = PCAWhitening.from_state_dict(state)
+    np.testing.assert_array_equal(rebuilt.apply(x), pca.apply(x))
+    # state arrays are copies: mutating them does not change the fitted transform
+    state["matrix"][...] = 0.0  # type: ignore[index]
+    np.testing.assert_array_equal(rebuilt.apply(x), pca.apply(x))
+    with pytest.raises(ValueError, match="missing keys"):
+        PCAWhitening.from_state_dict({"dim": 12})
+
+
+def test_dim_larger_than_features_or_rows_is_rejected() -> None:
+    with pytest.raises(ValueError, match=r"pca_dim=128 .*lower pca_dim to at most 64"):
+        PCAWhitening(dim=128).fit(_correlated_gaussian(n=500, d=64))
+    with pytest.raises(ValueError, match=r"pca_dim=32 .*min\(20, 64\).*more images"):
+        PCAWhitening(dim=32).fit(_correlated_gaussian(n=20, d=64))
+
+
+def test_non_finite_rows_are_counted_in_the_error() -> None:
+    x = _correlated_gaussian(n=100, d=8)
+    x[3, 1] = np.nan
+    x[7, 0] = np.inf
+    x[7, 5] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or inf\) in 2 of 100 rows"):
+        pca_whiten(x, dim=4)
+    pca = PCAWhitening(dim=4).fit(_correlated_gaussian(n=100, d=8))
+    with pytest.raises(ValueError, match="in 1 of 1 rows"):
+        pca.apply(np.full((1, 8), -np.inf, dtype=np.float32))
+
+
+def test_wrong_shapes_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"2-D array \[N, D\]; got shape \(10,\)"):
+        PCAWhitening(dim=2).fit(np.ones(10, dtype=np.float32))
+    with pytest.raises(ValueError, match="2-D array"):
+        pca_whiten(np.ones((4, 5, 6), dtype=np.float32), dim=2)
+    pca = PCAWhitening(dim=4).fit(_correlated_gaussian(n=100, d=8))
+    with pytest.raises(ValueError, match="dimension 9 but the PCA was fitted on dimension 8"):
+        pca.apply(np.ones((3, 9), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="before fit"):
+        PCAWhitening(dim=4).apply(np.ones((3, 8), dtype=np.float32))
+
+
+def test_dim_zero_only_normalises() -> None:
+    x = _correlated_gaussian(n=50, d=8)
+    pca = PCAWhitening(dim=0).fit(x)
+    y = pca.apply(x)
+    np.testing.assert_allclose(y, x / np.linalg.norm(x, axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_array_equal(PCAWhitening.from_state_dict(pca.state_dict()).apply(x), y)
+    raw = PCAWhitening(dim=-1, l2_normalize=False).fit(x).apply(x)
+    np.testing.assert_array_equal(raw, x)
+
+
+def test_rank_deficient_features_stay_finite() -> None:
+    # 10 distinct rows (rank <= 9 after centring) asked for 30 whitened dims: tiny eigenvalues are clamped.
+    x = np.repeat(_correlated_gaussian(n=10, d=64), 4, axis=0)
+    y = pca_whiten(x, dim=30)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-4)
+    np.testing.assert_array_equal(y[0], y[1])  # duplicates stay duplicates
+
+
+def test_l2_normalize() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [-1.0, 0.0]], dtype=np.float64)
+    y = l2_normalize(x)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]], rtol=1e-6)
+    assert x[0, 0] == 3.0  # input untouched
