@@ -162,7 +162,7 @@ def kmeans(
 
     params = faiss.ClusteringParameters()
     params.niter = n_iter
-    params.seed = int(seed)
+    params.seed = int(seed) % (2**31 - 1)  # faiss takes a 32-bit seed
     params.verbose = bool(verbose)
     params.min_points_per_centroid = 1
     # faiss subsamples when n > k * max_points_per_centroid; n // k + 1 makes that impossible.
