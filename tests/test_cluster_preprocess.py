@@ -165,3 +165,19 @@ def test_l2_normalize() -> None:
     assert y.dtype == np.float32
     np.testing.assert_allclose(y, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]], rtol=1e-6)
     assert x[0, 0] == 3.0  # input untouched
+
+
+def test_fewer_rows_than_dimensions_whitens_through_the_gram_matrix() -> None:
+    # N < D takes the N x N route; the result must be the same PCA as the covariance route would give.
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((60, 12)) @ rng.standard_normal((12, 300)) * 3.0 + 1.0).astype(np.float32)
+    pca = PCAWhitening(dim=8, l2_normalize=False).fit(x)
+    y = pca.apply(x)
+    cov = np.cov(y.astype(np.float64), rowvar=False, bias=True)
+    np.testing.assert_allclose(cov, np.eye(8), atol=2e-3)
+    xc = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    evals = np.sort(np.linalg.eigvalsh(xc.T @ xc / len(x)))[::-1][:8]
+    assert pca.eigenvalues is not None
+    np.testing.assert_allclose(pca.eigenvalues, evals, rtol=1e-3)
+    assert pca.matrix is not None
+    np.testing.assert_allclose(np.linalg.norm(pca.matrix, axis=1) ** 2 * evals, 1.0, rtol=1e-3)

@@ -133,7 +133,8 @@ def test_output_shape_and_interface(
 def test_registry_keys_and_flat_sizes(models: ModelGetter) -> None:
     assert set(ARCHITECTURES) == {"alexnet", "alexnet_small", "vgg16", "vgg16_small", "resnet18", "resnet50"}
     assert models("alexnet", 224).flat_dim == 256 * 6 * 6
-    assert models("alexnet_small", 32).flat_dim == 256 * 4 * 4
+    assert models("alexnet_small", 32).flat_dim == 256 * 2 * 2
+    assert models("alexnet_small", 16).flat_dim == 256 * 2 * 2
     assert models("alexnet_small", 64).flat_dim == 256 * 4 * 4
     assert models("vgg16_small", 32).flat_dim == 512 * 2 * 2
     assert models("vgg16", 224).flat_dim == 512 * 7 * 7
@@ -163,7 +164,8 @@ def test_alexnet_layer_geometry(models: ModelGetter) -> None:
     linears = [m for m in full.classifier if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(9216, 4096), (4096, 4096)]
     assert not isinstance(full.classifier[-1], nn.ReLU)
-    assert models("alexnet_small", 32).features[0].stride == (1, 1)
+    assert models("alexnet_small", 16).features[0].stride == (1, 1)
+    assert models("alexnet_small", 32).features[0].stride == (2, 2)
     assert models("alexnet_small", 64).features[0].stride == (2, 2)
 
 

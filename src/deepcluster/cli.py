@@ -183,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is not news
     from deepcluster.data.sources import DataError
     from deepcluster.engine.trainer import TrainingDiverged
 

@@ -60,7 +60,9 @@ class Precision:
 
     @property
     def channels_last(self) -> bool:
-        return self.device.type == "cuda" or self.name == "bf16"
+        """Channels-last layout everywhere: oneDNN on the CPU runs AlexNet-BN about 1.4x faster with it even in
+        fp32 (565 vs 408 img/s forward at 32 px on 2 cores), and cuDNN prefers it too."""
+        return True
 
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """Autocast to bf16 for the forward pass, or a no-op context in fp32."""

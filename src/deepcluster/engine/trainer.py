@@ -280,8 +280,20 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write checkpoints/last.pt atomically."""
+        """Write checkpoints/last.pt atomically; refuse (and stop the run) if the weights are no longer finite."""
+        modules = [("backbone", self.backbone)] + ([("head", self.heads)] if self.heads is not None else [])
+        for owner, module in modules:
+            for name, param in module.named_parameters():
+                if not bool(torch.isfinite(param).all()):
+                    self._diverged(f"{owner} weight {name} became NaN or infinite")
         save_checkpoint(self.run_dir.checkpoint, self._checkpoint_state())
+
+    def _diverged(self, what: str) -> None:
+        raise TrainingDiverged(
+            f"{what} at epoch {self.state.epoch}, step {self.state.step}; the last good checkpoint is "
+            f"{self.run_dir.checkpoint}. Lower --lr (now {self.config.optim.lr}) and start again, or resume "
+            "with a lower rate."
+        )
 
     def _load(self) -> None:
         path = self.run_dir.checkpoint
@@ -335,6 +347,8 @@ class Trainer:
             desc=f"epoch {epoch} features",
         )
         extracted = time.perf_counter()
+        if not np.isfinite(features).all():
+            self._diverged("the clustering features became NaN or infinite")
         assignment = self.method.assign(features, seed=derive_seed(cfg.run.seed, "assign", epoch))
         assigned = time.perf_counter()
         if cfg.run.save_features:
@@ -409,11 +423,7 @@ class Trainer:
             loss = self.method.loss(outputs, targets)
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"the training loss became {value} at epoch {epoch}, step {step}; the last good checkpoint "
-                    f"is {self.run_dir.checkpoint}. Lower --lr (now {cfg.optim.lr}) and start again, or resume "
-                    "with a lower rate."
-                )
+                self._diverged(f"the training loss became {value}")
             self.optimizer.zero_grad(set_to_none=True)
             self.head_optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,47 @@
+"""Small synthetic image data and run configurations shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from deepcluster.config import TrainConfig, apply_overrides, preset_config
+
+SIZE = 16
+
+
+def write_pattern_npz(path: Path, n: int = 160) -> Path:
+    """An .npz of `n` pattern images with their labels (the ArraySource layout)."""
+    images, labels = pattern_images(n)
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def pattern_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 16x16 RGB images of four kinds (horizontal, vertical, diagonal stripes, checkers) with noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    labels = np.arange(n) % 4
+    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
+    for i, kind in enumerate(labels):
+        period, phase = rng.integers(3, 6), rng.integers(0, 6)
+        coordinate = [y, x, x + y, (x // 4 + y // 4) * period][kind]
+        base = ((coordinate + phase) // period) % 2 * 160 + 40
+        colour = rng.uniform(0.6, 1.0, size=3)
+        noise = rng.normal(0, 12, size=(SIZE, SIZE, 3))
+        images[i] = np.clip(base[..., None] * colour + noise, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def small_config(data: Path | str, out: Path, **sections: dict) -> TrainConfig:
+    """A run that takes seconds: 16 px, k=8, batch 32, 2 epochs, checkpoint every 2 steps."""
+    overrides = {
+        "data": {"data": str(data)},
+        "cluster": {"k": 8, "pca_dim": 16},
+        "optim": {"batch_size": 32},
+        "run": {"epochs": 2, "out": str(out), "progress": False, "checkpoint_every": 2, "seed": 3},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return apply_overrides(preset_config("default"), overrides)
