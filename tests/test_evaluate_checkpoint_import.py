@@ -13,13 +13,7 @@ from deepcluster.models import build_backbone
 N_CLUSTERS = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The suite shares few cores; one thread keeps these small tensor jobs fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _original_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:

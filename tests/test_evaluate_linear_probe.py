@@ -19,13 +19,7 @@ from deepcluster.models import build_backbone
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The suite shares few cores; one thread keeps these small tensor jobs fast and steady."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _patterns(n: int, size: int = 16, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
@@ -118,33 +112,16 @@ def test_probe_on_separable_patterns_beats_chance():
 def test_probe_is_deterministic_given_seed():
     backbone = _backbone()
     images, labels = _patterns(64, seed=1)
-    config = ProbeConfig(epochs=2, batch_size=16, seed=3, mean=MEAN, std=STD)
-    runs = [
-        linear_probe(
-            backbone,
-            images[:48],
-            labels[:48],
-            images[48:],
-            labels[48:],
-            ["conv1", "conv4"],
-            config,
-            progress=False,
-        )
-        for _ in range(2)
-    ]
+
+    def probe(seed: int):
+        config = ProbeConfig(epochs=2, batch_size=16, seed=seed, mean=MEAN, std=STD)
+        split = (images[:48], labels[:48], images[48:], labels[48:])
+        return linear_probe(backbone, *split, ["conv1", "conv4"], config, progress=False)
+
+    runs = [probe(3), probe(3)]
     assert runs[0].top1 == runs[1].top1
     assert runs[0].train_loss == runs[1].train_loss
-    other = linear_probe(
-        backbone,
-        images[:48],
-        labels[:48],
-        images[48:],
-        labels[48:],
-        ["conv1", "conv4"],
-        ProbeConfig(epochs=2, batch_size=16, seed=4, mean=MEAN, std=STD),
-        progress=False,
-    )
-    assert other.train_loss != runs[0].train_loss
+    assert probe(4).train_loss != runs[0].train_loss
 
 
 def test_input_validation():
