@@ -166,11 +166,64 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "evaluate",
+        help="k-NN, per-layer linear probes and clustering metrics of a run or checkpoint, beside random init",
+        description="Evaluate a run directory or a checkpoint file (ours or the released DeepCluster layout).",
+    )
+    p.add_argument("target", help="run directory or checkpoint file")
+    p.add_argument(
+        "--data", help="labelled images for the k-NN memory and probe training (default: the run's)"
+    )
+    p.add_argument("--split", help="split of --data (default: its training split)")
+    p.add_argument("--test-data", help="labelled test images (default: a 20%% hold-out of --data)")
+    p.add_argument("--test-split", help="split of the test data, e.g. test")
+    p.add_argument("--input-size", type=int, help="network input size of a checkpoint file (default 224)")
+    p.add_argument(
+        "--knn-k", type=int, nargs="+", default=[20, 200], help="neighbours of the k-NN (default 20 200)"
+    )
+    p.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe (0: none)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the random-initialisation baseline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", help="JSON output (default: RUN/evaluation.json)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from deepcluster.evaluate.runner import EvalConfig, evaluate, format_results
+
+    if args.probe_epochs < 0:
+        raise ConfigError(f"--probe-epochs {args.probe_epochs}: must be >= 0")
+    if any(k < 1 for k in args.knn_k):
+        raise ConfigError(f"--knn-k {args.knn_k}: every k must be >= 1")
+    config = EvalConfig(
+        target=args.target,
+        data=args.data,
+        split=args.split,
+        test_data=args.test_data,
+        test_split=args.test_split,
+        input_size=args.input_size,
+        knn_ks=tuple(args.knn_k),
+        probe_epochs=args.probe_epochs,
+        baseline=not args.no_baseline,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        out=args.out,
+    )
+    print(format_results(evaluate(config)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `deepcluster` argument parser."""
     parser = argparse.ArgumentParser(prog="deepcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
+    _add_evaluate_parser(commands)
     return parser
 
 
@@ -190,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _run_train(args)
+        if args.command == "evaluate":
+            return _run_evaluate(args)
     except (ConfigError, DataError) as error:
         print(f"deepcluster: error: {error}", file=sys.stderr)
         return 2
