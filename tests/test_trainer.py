@@ -225,3 +225,15 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
     assert checkpoint["loop"]["epoch"] == 0
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
     assert np.load(out / "labels" / "epoch_000.npy").shape == (160,)
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it(npz_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = small_config(npz_data, out, run={"epochs": 3, "max_minutes": 0.001, "checkpoint_every": 0})
+    result = train(config)
+    assert [r["epoch"] for r in result.history] == [
+        0
+    ]  # the first epoch always runs; the second would overrun
+    assert (out / "labels.csv").is_file()
+    with pytest.raises(ConfigError, match="run.max_minutes"):
+        train(small_config(npz_data, tmp_path / "other", run={"max_minutes": 0}))

@@ -114,6 +114,9 @@ class RunConfig:
     save_features: bool = False
     """Write the last epoch's clustering features to `features.npy`."""
     progress: bool = True
+    max_minutes: float | None = None
+    """Time budget: stop before an epoch that would end past this many minutes (the schedule still spans
+    `epochs`); None: run every epoch."""
     threads: int | None = None
     """CPU threads for torch and faiss; None: their defaults."""
 
@@ -290,6 +293,8 @@ def validate_config(config: TrainConfig) -> None:
     if config.run.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every={config.run.checkpoint_every}: must be >= 0")
     _positive(config.run.threads, "run.threads", allow_none=True)
+    if config.run.max_minutes is not None and not float(config.run.max_minutes) > 0:
+        raise ConfigError(f"run.max_minutes={config.run.max_minutes}: must be > 0 (or unset for no budget)")
     device = config.run.device
     if not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
         raise ConfigError(f"--device {device}: choose cpu, cuda, cuda:N or auto")

@@ -471,12 +471,28 @@ class Trainer:
         log.info("epoch %d done: %s", epoch, _format_stats(ordered))
 
     # ---------------------------------------------------------------- the run
+    def _out_of_time(self, started: float) -> bool:
+        """True when `run.max_minutes` is set and one more epoch (as long as the last) would overrun it."""
+        budget = self.config.run.max_minutes
+        if budget is None or self.state.step > 0:
+            return False
+        projected = time.perf_counter() - started + _epoch_seconds(self.state.history)
+        if projected <= budget * 60:
+            return False
+        log.info(
+            "stopping before epoch %d: the next epoch would end past %.1f minutes", self.state.epoch, budget
+        )
+        return True
+
     def fit(self) -> RunResult:
         """Run (or continue) every epoch, then write labels.csv; returns labels and the trained backbone."""
         try:
             self._setup()
             cfg = self.config
+            started = time.perf_counter()
             for epoch in range(self.state.epoch, cfg.run.epochs):
+                if self._out_of_time(started):
+                    break
                 if self.state.labels_epoch != epoch:
                     if self.state.labels is None or epoch % cfg.cluster.recluster_every == 0:
                         self._assign(epoch)
@@ -496,6 +512,10 @@ class Trainer:
             )
         finally:
             self._teardown()
+
+
+def _epoch_seconds(history: list[dict[str, Any]]) -> float:
+    return float(history[-1].get("seconds", 0.0)) if history else 0.0
 
 
 def _format_stats(record: dict[str, Any]) -> str:
