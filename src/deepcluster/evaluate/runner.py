@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.config import ConfigError, load_config
+from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import DataError, ImageSource, open_source
 from deepcluster.data.views import ClusterView
@@ -26,6 +26,7 @@ from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
 from deepcluster.engine.run_dir import RunDir
 from deepcluster.engine.seeding import seed_everything
+from deepcluster.engine.trainer import SMALL_INPUT_LIMIT
 from deepcluster.evaluate.checkpoint_import import import_deepcluster_checkpoint
 from deepcluster.evaluate.knn import weighted_knn_accuracies
 from deepcluster.evaluate.linear_probe import ProbeConfig, linear_probe
@@ -34,8 +35,6 @@ from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.stability import epoch_stability
 from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
-
-SMALL_INPUT_LIMIT = 96
 
 
 @dataclass
@@ -80,6 +79,8 @@ class LoadedModel:
     run_dir: Path | None
     data: str | None
     split: str | None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     report: str | None = None
 
 
@@ -97,7 +98,7 @@ def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel
         resize = int(config.data.resize or size)
         return LoadedModel(
             backbone, str(config.model.arch), config.model.sobel, size, resize, path,
-            config.data.data, config.data.split,
+            config.data.data, config.data.split, config.data.mean, config.data.std,
         )  # fmt: skip
     if not path.is_file():
         raise ConfigError(f"{path}: no such run directory or checkpoint file")
@@ -109,7 +110,8 @@ def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel
         backbone = build_backbone(arch, sobel=sobel, input_size=size)
         backbone.load_state_dict(checkpoint["model"])
         resize = int(config["data"].get("resize") or size)
-        return LoadedModel(backbone, arch, sobel, size, resize, None, config["data"]["data"], None)
+        mean, std = tuple(config["data"]["mean"]), tuple(config["data"]["std"])
+        return LoadedModel(backbone, arch, sobel, size, resize, None, config["data"]["data"], None, mean, std)
     size = int(input_size or 224)
     imported = import_deepcluster_checkpoint(path, input_size=size, trusted=True)
     backbone = imported.model
@@ -156,7 +158,7 @@ def _network_scores(
 ) -> dict[str, Any]:
     precision = Precision(torch.device(config.device), "fp32")
     backbone = backbone.to(precision.device).eval()
-    view = ClusterView(model.input_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    view = ClusterView(model.input_size, model.mean, model.std)
 
     def embed(images: torch.Tensor) -> np.ndarray:
         return extract_features(
