@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from deepcluster.cli import _parse_set
+from deepcluster.cluster.preprocess import pca_whiten
 from deepcluster.config import apply_overrides, load_config, preset_config
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import open_source
@@ -54,7 +55,7 @@ def layer_features(backbone, config, images, precision) -> dict[str, np.ndarray]
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in [*taps, "embedding"]}
     with torch.no_grad():
         for start in range(0, images.shape[0], 256):
-            x = view(images[start : start + 256]).contiguous(memory_format=torch.channels_last)
+            x = view(images[start : start + 256].to(precision.device)).contiguous(memory_format=torch.channels_last)
             found = {}
             with precision.autocast():
                 h = backbone.preprocess(x)
@@ -67,8 +68,8 @@ def layer_features(backbone, config, images, precision) -> dict[str, np.ndarray]
                 tap = found[name]
                 side = probe_pool_size(tap.shape[1], tap.shape[-1], target=KNN_POOLED_DIM)
                 pooled = torch.nn.functional.adaptive_avg_pool2d(tap.float(), side)
-                chunks[name].append(torch.flatten(pooled, 1).numpy())
-            chunks["embedding"].append(embedding.float().numpy())
+                chunks[name].append(torch.flatten(pooled, 1).cpu().numpy())
+            chunks["embedding"].append(embedding.float().cpu().numpy())
     return {name: np.concatenate(parts) for name, parts in chunks.items()}
 
 
@@ -77,6 +78,8 @@ def measure(backbone, config, images, true_labels, precision) -> dict[str, float
     features = layer_features(backbone, config, images, precision)
     method = build_method(config)
     assignment = method.assign(features["embedding"], seed=derive_seed(config.run.seed, "benchmark"))
+    features["embedding_centered"] = features["embedding"] - features["embedding"].mean(axis=0)
+    features["embedding_whitened"] = pca_whiten(features["embedding"], dim=config.cluster.pca_dim)
     scores = {
         f"knn20_{name}": weighted_knn_accuracy(values, true_labels, k=20, temperature=0.07)
         for name, values in features.items()
