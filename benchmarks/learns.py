@@ -55,7 +55,9 @@ def layer_features(backbone, config, images, precision) -> dict[str, np.ndarray]
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in [*taps, "embedding"]}
     with torch.no_grad():
         for start in range(0, images.shape[0], 256):
-            x = view(images[start : start + 256].to(precision.device)).contiguous(memory_format=torch.channels_last)
+            x = view(images[start : start + 256].to(precision.device)).contiguous(
+                memory_format=torch.channels_last
+            )
             found = {}
             with precision.autocast():
                 h = backbone.preprocess(x)
@@ -120,7 +122,7 @@ def main() -> None:
     resolved = load_config(Path(result.run_dir) / "config.yaml")
     size = resolved.data.resize
     source = open_source(resolved.data.data, root=resolved.data.data_root, split=resolved.data.split)
-    decoded = decode_images(source, size, progress=False)
+    decoded = decode_images(source, size, progress=False, inner_size=resolved.data.input_size)
     true_labels = np.asarray(source.labels)[decoded.indices]
     precision = Precision(torch.device(resolved.run.device), resolved.run.precision)
 

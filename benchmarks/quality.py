@@ -65,7 +65,7 @@ def subset_archive(path: Path, limit: int, seed: int, folder: Path) -> Path:
 def random_init_clustering(config, seed: int) -> dict[str, float]:
     """The method's clustering (PCA-whitening + k-means) of a randomly initialised network's features."""
     source = open_source(config.data.data, split=config.data.split)
-    decoded = decode_images(source, config.data.resize, progress=False)
+    decoded = decode_images(source, config.data.resize, progress=False, inner_size=config.data.input_size)
     precision = Precision(torch.device(config.run.device), config.run.precision)
     seed_everything(seed)
     network = build_backbone(config.model.arch, sobel=config.model.sobel, input_size=config.data.input_size)

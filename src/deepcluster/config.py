@@ -75,6 +75,8 @@ class ClusterConfig:
     pca_sample: int | None = None
     """Train the PCA on this many images (None: all of them)."""
     kmeans_iters: int = 20
+    kmeans_backend: str = "auto"
+    """faiss (CPU), torch (on the run's device) or auto: torch on a CUDA run, faiss otherwise."""
     recluster_every: int = 1
     """Epochs between two clusterings."""
 
@@ -146,6 +148,7 @@ class TrainConfig:
 METHODS = ("deepcluster",)
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
+KMEANS_BACKENDS = ("auto", "faiss", "torch")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # For small data within minutes on a CPU: crops down to 20% of the image, colour jitter, over-clustering at
@@ -271,6 +274,10 @@ def validate_config(config: TrainConfig) -> None:
     if config.cluster.k < 2:
         raise ConfigError(f"--k {config.cluster.k}: k-means needs at least 2 clusters")
     _positive(config.cluster.kmeans_iters, "cluster.kmeans_iters")
+    if config.cluster.kmeans_backend not in KMEANS_BACKENDS:
+        raise ConfigError(
+            f"cluster.kmeans_backend={config.cluster.kmeans_backend!r}: choose from {', '.join(KMEANS_BACKENDS)}"
+        )
     _positive(config.cluster.recluster_every, "cluster.recluster_every")
     _positive(config.cluster.pca_sample, "cluster.pca_sample", allow_none=True)
     if config.cluster.pca_dim < 0:

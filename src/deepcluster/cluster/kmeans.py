@@ -37,6 +37,16 @@ def _check_k(k: int, n: int) -> None:
         raise ValueError(f"k={k} is larger than the number of images ({n}); use --k {n} or less.")
 
 
+def checked_kmeans_input(x: np.ndarray, k: int, n_iter: int) -> tuple[np.ndarray, int, int]:
+    """(float32 C-contiguous features, k, n_iter) after the checks every k-means here shares."""
+    arr = as_float32_matrix(x)
+    k, n_iter = int(k), int(n_iter)
+    _check_k(k, arr.shape[0])
+    if n_iter < 1:
+        raise ValueError(f"kmeans_iters={n_iter} is invalid; use 1 or more k-means iterations.")
+    return arr, k, n_iter
+
+
 def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid (L2) of every row of `x`: (labels int64 [N], squared distances float32 [N]).
 
@@ -146,12 +156,8 @@ def kmeans(
     n_threads, if given, sets faiss's OpenMP threads for this call only. `losses` may be shorter than n_iter
     when faiss stops early because the objective no longer changes.
     """
-    arr = as_float32_matrix(x)
+    arr, k, n_iter = checked_kmeans_input(x, k, n_iter)
     n, d = arr.shape
-    k, n_iter = int(k), int(n_iter)
-    _check_k(k, n)
-    if n_iter < 1:
-        raise ValueError(f"kmeans_iters={n_iter} is invalid; use 1 or more k-means iterations.")
     if max_points_per_centroid is not None and max_points_per_centroid < 1:
         raise ValueError(
             f"max_points_per_centroid={max_points_per_centroid} is invalid; "

@@ -36,19 +36,35 @@ class DecodedImages:
         return int(self.images.shape[0])
 
 
-def square_image(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side of an RGB image to ``size`` (bilinear, antialiased) and centre crop it to a
-    ``size`` x ``size`` square; the same as torchvision ``Resize(size)`` followed by ``CenterCrop(size)``."""
+def _crop_offset(margin: int, inner_margin: int) -> int:
+    """Offset of the first crop so that, followed by a centre crop of ``inner_margin`` fewer pixels, the total
+    offset is torchvision's single centre crop offset, ``round((margin + inner_margin) / 2)``."""
+    return int(round((margin + inner_margin) / 2.0)) - int(round(inner_margin / 2.0))
+
+
+def square_image(image: Image.Image, size: int, inner_size: int | None = None) -> Image.Image:
+    """Resize the shorter side of an RGB image to ``size`` (bilinear, antialiased) and crop a ``size`` x ``size``
+    square: torchvision's ``Resize(size)`` + ``CenterCrop(size)``.
+
+    With ``inner_size``, the square is placed so that a later centre crop to ``inner_size`` (the cluster view)
+    gives exactly torchvision's ``Resize(size)`` + ``CenterCrop(inner_size)``: two rounded half-offsets can
+    otherwise differ from one by a pixel. The square then sits at most one pixel off centre.
+    """
     if image.size != (size, size):
         image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        image = TF.center_crop(image, [size, size])
+        width, height = image.size
+        inner = size - (inner_size if inner_size is not None and inner_size <= size else size)
+        top, left = _crop_offset(height - size, inner), _crop_offset(width - size, inner)
+        image = TF.crop(image, top, left, size, size)
     return image
 
 
-def _decode_one(source: ImageSource, index: int, size: int, out: torch.Tensor) -> str | None:
+def _decode_one(
+    source: ImageSource, index: int, size: int, out: torch.Tensor, inner_size: int | None = None
+) -> str | None:
     """Decode image ``index`` into ``out[index]``; return the failure reason, or None on success."""
     try:
-        image = square_image(source.load(index), size)
+        image = square_image(source.load(index), size, inner_size)
         tensor = TF.pil_to_tensor(image)
         if tensor.shape != (3, size, size):
             return f"decoded to shape {tuple(tensor.shape)} instead of (3, {size}, {size})"
@@ -59,11 +75,11 @@ def _decode_one(source: ImageSource, index: int, size: int, out: torch.Tensor) -
 
 
 def _decode_chunk(
-    source: ImageSource, start: int, stop: int, size: int, out: torch.Tensor
+    source: ImageSource, start: int, stop: int, size: int, out: torch.Tensor, inner_size: int | None
 ) -> list[tuple[int, str]]:
     failures = []
     for index in range(start, stop):
-        reason = _decode_one(source, index, size, out)
+        reason = _decode_one(source, index, size, out, inner_size)
         if reason is not None:
             failures.append((index, reason))
     return failures
@@ -93,11 +109,13 @@ def decode_images(
     num_threads: int | None = None,
     progress: bool = True,
     log: logging.Logger | None = None,
+    inner_size: int | None = None,
 ) -> DecodedImages:
     """Decode every image of ``source`` once into a uint8 [M, 3, size, size] tensor.
 
     Each image is loaded as RGB, its shorter side resized to ``size`` (bilinear, antialiased) and centre
-    cropped. Images that fail to load are skipped, logged (at most ``MAX_LISTED_FAILURES`` lines plus a
+    cropped (placed for a later centre crop to ``inner_size``, the network's input, when given; see
+    :func:`square_image`). Images that fail to load are skipped, logged (at most ``MAX_LISTED_FAILURES`` lines plus a
     summary) and listed in ``skipped``; ``indices`` maps kept rows back to source indices. Raises DataError
     when no image at all can be decoded.
     """
@@ -118,12 +136,17 @@ def decode_images(
         if threads == 1:
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)
-                failures.extend(_decode_chunk(source, start, stop, size, out))
+                failures.extend(_decode_chunk(source, start, stop, size, out, inner_size))
                 bar.update(stop - start)
         else:
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode") as pool:
                 futures = [
-                    (start, pool.submit(_decode_chunk, source, start, min(n, start + chunk), size, out))
+                    (
+                        start,
+                        pool.submit(
+                            _decode_chunk, source, start, min(n, start + chunk), size, out, inner_size
+                        ),
+                    )
                     for start in range(0, n, chunk)
                 ]
                 for start, future in futures:

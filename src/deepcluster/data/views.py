@@ -99,8 +99,8 @@ def sample_crop_boxes(
     u = torch.rand(n, 2, generator=generator)
     top = torch.floor(u[:, 0] * (height - crop_h + 1))
     left = torch.floor(u[:, 1] * (width - crop_w + 1))
-    top = torch.where(failed, torch.round((height - crop_h) / 2), top)
-    left = torch.where(failed, torch.round((width - crop_w) / 2), left)
+    top = torch.where(failed, torch.div(height - crop_h, 2, rounding_mode="floor"), top)
+    left = torch.where(failed, torch.div(width - crop_w, 2, rounding_mode="floor"), left)
     return torch.stack([left, top, left + crop_w, top + crop_h], dim=1)
 
 

@@ -69,3 +69,18 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+GPU_CACHE_FRACTION = 0.25
+"""Largest share of a GPU's free memory the decoded uint8 images may take to be kept on it."""
+
+
+def images_on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The decoded uint8 images, moved once to a CUDA device when they take at most `GPU_CACHE_FRACTION` of
+    its free memory (batches are then gathered and augmented on the GPU, no host copy per step); else as is."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() * images.element_size() > GPU_CACHE_FRACTION * free:
+        return images
+    return images.to(device)

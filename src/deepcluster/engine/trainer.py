@@ -37,7 +37,7 @@ from deepcluster.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from deepcluster.engine.device import Precision, resolve_device, resolve_precision
+from deepcluster.engine.device import Precision, images_on_device, resolve_device, resolve_precision
 from deepcluster.engine.features import extract_features
 from deepcluster.engine.run_dir import RunDir
 from deepcluster.engine.seeding import (
@@ -186,6 +186,7 @@ class Trainer:
             num_threads=cfg.data.decode_threads,
             progress=cfg.run.progress,
             log=log,
+            inner_size=cfg.data.input_size,
         )
         if self.decoded.skipped:
             self.run_dir.write_skipped(self.decoded.skipped)
@@ -195,6 +196,7 @@ class Trainer:
                 self.run_dir.skipped,
             )
         n_images = self.decoded.images.shape[0]
+        self.images = images_on_device(self.decoded.images, self.precision.device)
         self._check_k(n_images)
         true = self.source.labels
         self.true_labels = None if true is None else np.asarray(true)[self.decoded.indices]
@@ -339,7 +341,7 @@ class Trainer:
             self.heads.eval()
         features = extract_features(
             lambda x: self.method.extract(self.backbone, self.heads, x),
-            self.decoded.images,
+            self.images,
             self.cluster_view,
             batch_size=cfg.optim.batch_size,
             precision=self.precision,
@@ -413,7 +415,9 @@ class Trainer:
             step = state.step
             batch = torch.as_tensor(indices[step * self.batch_size : (step + 1) * self.batch_size])
             generator = torch_generator(derive_seed(cfg.run.seed, "augment", epoch, step))
-            x = self.train_view(self.decoded.images[batch].to(device, non_blocking=True), generator)
+            x = self.train_view(
+                self.images[batch.to(self.images.device)].to(device, non_blocking=True), generator
+            )
             if self.precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             targets = labels[batch].to(device, non_blocking=True)

@@ -122,10 +122,12 @@ def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel
     )  # fmt: skip
 
 
-def _labelled_images(source: ImageSource, size: int, progress: bool) -> tuple[torch.Tensor, np.ndarray]:
+def _labelled_images(
+    source: ImageSource, size: int, input_size: int, progress: bool
+) -> tuple[torch.Tensor, np.ndarray]:
     if source.labels is None:
         raise DataError(f"{source.description}: has no true labels; k-NN and probes need a labelled data set")
-    decoded = decode_images(source, size, progress=progress)
+    decoded = decode_images(source, size, progress=progress, inner_size=input_size)
     return decoded.images, np.asarray(source.labels)[decoded.indices]
 
 
@@ -135,12 +137,12 @@ def evaluation_splits(
     """(train images, labels), (test images, labels) and a description of where they came from."""
     data = config.data if config.data is not None else model.data
     train_source = open_source(data, split=config.split or model.split)
-    train = _labelled_images(train_source, model.resize, config.progress)
+    train = _labelled_images(train_source, model.resize, model.input_size, config.progress)
     if config.test_data is not None or config.test_split is not None:
         test_source = open_source(
             config.test_data if config.test_data is not None else data, split=config.test_split
         )
-        test = _labelled_images(test_source, model.resize, config.progress)
+        test = _labelled_images(test_source, model.resize, model.input_size, config.progress)
         return train, test, f"train: {train_source.description}; test: {test_source.description}"
     order = np.random.default_rng(config.seed).permutation(len(train[1]))
     cut = len(order) // 5

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from deepcluster.cluster import PCAWhitening, kmeans
+from deepcluster.cluster.kmeans_torch import torch_kmeans
 from deepcluster.methods.base import Assignment, Method
 from deepcluster.models import ClassifierHead
 
@@ -23,7 +24,12 @@ class DeepCluster(Method):
         settings = self.config.cluster
         pca = PCAWhitening(dim=settings.pca_dim).fit(features, sample_size=settings.pca_sample, seed=seed)
         reduced = pca.apply(features)
-        result = kmeans(reduced, settings.k, n_iter=settings.kmeans_iters, seed=seed)
+        device = torch.device(self.config.run.device if self.config.run.device != "auto" else "cpu")
+        backend = settings.kmeans_backend
+        if backend == "torch" or (backend == "auto" and device.type == "cuda"):
+            result = torch_kmeans(reduced, settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device)
+        else:
+            result = kmeans(reduced, settings.k, n_iter=settings.kmeans_iters, seed=seed)
         sizes = np.bincount(result.labels, minlength=settings.k)
         return Assignment(
             labels=result.labels,

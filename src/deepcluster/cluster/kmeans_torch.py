@@ -1,0 +1,156 @@
+"""k-means (L2) in PyTorch, so that clustering can run on a CUDA GPU when faiss has no GPU build.
+
+`torch_kmeans` takes and returns the same things as `deepcluster.cluster.kmeans.kmeans` (NumPy in, a
+`KMeansResult` with NumPy arrays out) and follows the same algorithm: k random points as initial centroids,
+Lloyd iterations whose objective is recorded before each centroid update, empty clusters re-seeded during
+training by splitting a large cluster the way faiss's `Clustering` does, a final nearest-centroid assignment,
+then `fill_empty_clusters` so that every cluster is non-empty.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from deepcluster.cluster.kmeans import KMeansResult, checked_kmeans_input, fill_empty_clusters
+
+# Relative perturbation that separates the two copies of a split centroid (faiss uses the same value).
+_SPLIT_EPS = 1.0 / 1024.0
+# Elements of the [batch_rows, k] float32 distance block when batch_rows is not given (64 MiB).
+_BATCH_ELEMENTS = 1 << 24
+
+
+def default_batch_rows(n: int, k: int) -> int:
+    """Rows per distance block: the [rows, k] float32 block stays at about 64 MiB, and never exceeds N."""
+    return max(1, min(int(n), _BATCH_ELEMENTS // max(int(k), 1)))
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """Run CUDA matmuls in full float32 (not TF32), restoring the caller's setting afterwards."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _assign(
+    xs: torch.Tensor, x_sq: torch.Tensor, centroids: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, float]:
+    """Nearest centroid of every row (ties: smallest id) and the objective (sum of squared distances)."""
+    c_sq = (centroids * centroids).sum(dim=1)
+    labels = torch.empty(xs.shape[0], dtype=torch.int64, device=xs.device)
+    obj = torch.zeros((), dtype=torch.float64, device=xs.device)
+    for start in range(0, xs.shape[0], rows):
+        stop = start + rows
+        # ||x||^2 - 2 x.c + ||c||^2; ||x||^2 does not change which centroid is nearest, so it is added after.
+        scores = torch.addmm(c_sq, xs[start:stop], centroids.T, beta=1.0, alpha=-2.0)
+        best, idx = scores.min(dim=1)
+        labels[start:stop] = idx
+        obj += (best + x_sq[start:stop]).clamp_min_(0.0).sum(dtype=torch.float64)
+    return labels, float(obj)
+
+
+def _cluster_sums(xs: torch.Tensor, labels: torch.Tensor, k: int, rows: int) -> torch.Tensor:
+    """Per-cluster sums of the rows [k, d], computed deterministically on any device.
+
+    On CPU `index_add_` is deterministic. On CUDA it uses atomic adds (order-dependent rounding), so the sums
+    are a one-hot matmul per batch instead, which gives the same bits on every run.
+    """
+    sums = torch.zeros(k, xs.shape[1], dtype=xs.dtype, device=xs.device)
+    if xs.device.type == "cpu":
+        return sums.index_add_(0, labels, xs)
+    for start in range(0, xs.shape[0], rows):
+        stop = start + rows
+        lab = labels[start:stop]
+        onehot = torch.zeros(lab.shape[0], k, dtype=xs.dtype, device=xs.device)
+        onehot.scatter_(1, lab[:, None], 1.0)
+        sums.addmm_(onehot.T, xs[start:stop])
+    return sums
+
+
+def _split_empty_clusters(centroids: torch.Tensor, sizes: torch.Tensor, generator: torch.Generator) -> int:
+    """Re-seed every empty cluster (in place, CPU tensors) by splitting a large one, as faiss does.
+
+    For each empty id (ascending) a cluster j is drawn with probability proportional to size - 1; the empty
+    cluster gets a copy of centroid j scaled by (1 +/- eps) in alternating coordinates and centroid j the
+    opposite scaling, and j's size is shared between the two. Returns the number of splits.
+    """
+    d = centroids.shape[1]
+    sign = torch.ones(d, dtype=centroids.dtype)
+    sign[1::2] = -1.0
+    empty = torch.nonzero(sizes == 0).flatten().tolist()
+    for i in empty:
+        # With N >= k and a cluster empty, some cluster holds more than one point, so a weight is > 0.
+        weights = (sizes - 1.0).clamp_min(0.0)
+        j = int(torch.multinomial(weights, 1, generator=generator))
+        base = centroids[j].clone()
+        centroids[i] = base * (1.0 + _SPLIT_EPS * sign)
+        centroids[j] = base * (1.0 - _SPLIT_EPS * sign)
+        sizes[i] = sizes[j] / 2.0
+        sizes[j] -= sizes[i]
+    return len(empty)
+
+
+def torch_kmeans(
+    x: np.ndarray,
+    k: int,
+    n_iter: int = 20,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_rows: int | None = None,
+) -> KMeansResult:
+    """L2 k-means of the rows of `x` in PyTorch on `device`; same result type and checks as `kmeans`.
+
+    The initial centroids are k distinct rows drawn with a CPU torch.Generator seeded from `seed`, so a seed
+    gives the same start on every device (and, with current faiss and torch, the same start as `kmeans`).
+    Distances are computed in blocks of `batch_rows` rows (default from N and k) so memory stays bounded.
+    `losses` has one objective per iteration, measured on the assignment before that iteration's centroid
+    update (as faiss records it); `loss` is the last one.
+    """
+    arr, k, n_iter = checked_kmeans_input(x, k, n_iter)
+    n, d = arr.shape
+    if batch_rows is not None and int(batch_rows) < 1:
+        raise ValueError(f"batch_rows={batch_rows} is invalid; use None (chosen from N and k) or >= 1.")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was requested but CUDA is not available; use 'cpu'.")
+    rows = default_batch_rows(n, k) if batch_rows is None else min(int(batch_rows), n)
+
+    # faiss draws its initial points with a Mersenne Twister seeded by seed % (2^31 - 1) + 1 and the same
+    # Fisher-Yates shuffle as torch.randperm, so this seeding starts from the same k points as `kmeans`.
+    generator = torch.Generator().manual_seed(int(seed) % (2**31 - 1) + 1)
+    init = torch.randperm(n, generator=generator)[:k]
+    losses: list[float] = []
+    with _full_fp32_matmul(dev):
+        xs = torch.from_numpy(arr).to(dev)
+        x_sq = (xs * xs).sum(dim=1)
+        centroids = xs[init.to(dev)].clone()
+        for _ in range(n_iter):
+            labels, obj = _assign(xs, x_sq, centroids, rows)
+            losses.append(obj)
+            counts = torch.bincount(labels, minlength=k)
+            sums = _cluster_sums(xs, labels, k, rows)
+            # Empty clusters get a zero centroid here; the split below replaces it.
+            centroids = sums / counts.clamp_min(1).to(sums.dtype)[:, None]
+            sizes = counts.cpu().to(torch.float64)
+            if bool((sizes == 0).any()):
+                host = centroids.cpu()
+                _split_empty_clusters(host, sizes, generator)
+                centroids = host.to(dev)
+        labels, _ = _assign(xs, x_sq, centroids, rows)
+        labels_np = labels.cpu().numpy()
+        centroids_np = centroids.cpu().numpy()
+
+    labels_np, centroids_np, n_empty = fill_empty_clusters(arr, labels_np, centroids_np, seed=seed)
+    return KMeansResult(
+        labels=labels_np, centroids=centroids_np, loss=losses[-1], n_empty=n_empty, losses=losses
+    )
