@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepcluster.engine.device import resolve_precision
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CASES = {
     "cifar10": {"archive": "cifar10_jpegbytes.npz", "split": "train", "arch": "alexnet_small", "size": 32},
@@ -348,12 +350,14 @@ def main() -> None:
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     work = Path(tempfile.mkdtemp(prefix="deepcluster-epoch-"))
     flops = model_flops(case["arch"], case["size"], args.k)
-    rates = {"fp32": matmul_rate(device, torch.float32), "bf16": matmul_rate(device, torch.bfloat16)}
+    rates = {"fp32": matmul_rate(device, torch.float32)}
+    if resolve_precision("auto", device) == "bf16":  # else bf16 is emulated, slow, and never used by a run
+        rates["bf16"] = matmul_rate(device, torch.bfloat16)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu or 'no GPU'}; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
-        f"matmul rate: fp32 {rates['fp32'] / 1e9:.0f} GFLOP/s, bf16 {rates['bf16'] / 1e9:.0f} GFLOP/s; "
+        f"matmul rate: {', '.join(f'{p} {r / 1e9:.0f} GFLOP/s' for p, r in rates.items())}; "
         f"model {case['arch']} at {case['size']} px: forward {flops['forward'] / 1e9:.3f} GFLOP/img, "
         f"train step {flops['train'] / 1e9:.3f} GFLOP/img"
     )
@@ -370,9 +374,10 @@ def main() -> None:
     report: dict = {"case": args.case, "flops": flops, "rates": rates, "device": str(device), "gpu": gpu}
     spec = spec_for(args.n, args.train_images, "fast")
     print(f"data: {spec['data']} ({spec['n']:,} images, split {split})", flush=True)
-    fast = in_child("fast", spec)
-    report["fast"] = {**fast, "phases": phase_rows(fast, flops, rates)}
-    print_table("fast path", fast, report["fast"]["phases"])
+    if not (args.scaling and args.no_reference):  # a scaling-only run measures the sizes it lists
+        fast = in_child("fast", spec)
+        report["fast"] = {**fast, "phases": phase_rows(fast, flops, rates)}
+        print_table("fast path", fast, report["fast"]["phases"])
     if not args.no_reference:
         spec["files"] = str(write_image_files(Path(spec["data"]), split, work / "files"))
         reference = in_child("reference", spec)

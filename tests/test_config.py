@@ -49,6 +49,8 @@ def test_paper_preset_is_the_paper_setting():
         ("run", "device", "tpu", "--device"),
         ("augment", "crop_scale", (0.5, 0.2), "augment.crop_scale"),
         ("data", "input_size", 0, "--input-size"),
+        ("data", "memory_limit_gb", 0, "data.memory_limit_gb"),
+        ("cluster", "kmeans_backend", "cuda", "cluster.kmeans_backend"),
     ],
 )
 def test_each_bad_option_is_named(section, option, value, fragment):

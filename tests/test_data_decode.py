@@ -147,3 +147,18 @@ def test_bad_arguments() -> None:
         decode_images(source, 0, progress=False)
     with pytest.raises(DataError, match="num_threads 0"):
         decode_images(source, 8, num_threads=0, progress=False)
+
+
+def test_a_memory_mapped_cache_holds_the_same_images_as_ram(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write_broken_folder(folder)
+    source = FolderSource(folder)
+    in_ram = decode_images(source, 8, num_threads=2, progress=False)
+    cache = tmp_path / "cache" / "decoded.npy"
+    mapped = decode_images(source, 8, num_threads=2, progress=False, cache_file=cache)
+    assert cache.is_file() and np.load(cache, mmap_mode="r").shape == (9, 3, 8, 8)
+    assert torch.equal(mapped.images, in_ram.images)
+    assert mapped.indices.tolist() == in_ram.indices.tolist()
+    on_disk = np.load(cache, mmap_mode="r")  # the kept images, compacted to the front of the file
+    assert np.array_equal(on_disk[: len(in_ram)], in_ram.images.numpy())

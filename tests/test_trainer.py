@@ -237,3 +237,20 @@ def test_a_time_budget_stops_before_an_epoch_that_would_overrun_it(npz_data: Pat
     assert (out / "labels.csv").is_file()
     with pytest.raises(ConfigError, match="run.max_minutes"):
         train(small_config(npz_data, tmp_path / "other", run={"max_minutes": 0}))
+
+
+def test_a_memory_mapped_image_cache_gives_the_same_run_and_is_removed(
+    npz_data: Path, unbroken_run: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    seen: list[bool] = []
+
+    def look(trainer: Trainer) -> None:
+        seen.append((cache / "decoded-run.npy").is_file())
+
+    config = small_config(npz_data, tmp_path / "run")
+    config.data.memory_limit_gb, config.data.cache_dir = 1e-9, str(cache)
+    Trainer(config, on_step=look).fit()
+    assert seen and all(seen)
+    assert not (cache / "decoded-run.npy").exists()
+    assert_same_run(unbroken_run, tmp_path / "run")

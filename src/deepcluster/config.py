@@ -43,6 +43,10 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     decode_threads: int | None = None
     """Threads decoding images; None: all cores."""
+    memory_limit_gb: float = 16.0
+    """Largest decoded-image cache (uint8) kept in RAM; a larger one is a memory-mapped file in cache_dir."""
+    cache_dir: str | None = None
+    """Folder of the memory-mapped cache; None: the run directory (the file is removed when the run ends)."""
 
 
 @dataclass
@@ -274,6 +278,9 @@ def validate_config(config: TrainConfig) -> None:
     if config.cluster.k < 2:
         raise ConfigError(f"--k {config.cluster.k}: k-means needs at least 2 clusters")
     _positive(config.cluster.kmeans_iters, "cluster.kmeans_iters")
+    limit = config.data.memory_limit_gb
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise ConfigError(f"data.memory_limit_gb={limit!r}: must be a number of gigabytes > 0")
     if config.cluster.kmeans_backend not in KMEANS_BACKENDS:
         raise ConfigError(
             f"cluster.kmeans_backend={config.cluster.kmeans_backend!r}: choose from {', '.join(KMEANS_BACKENDS)}"

@@ -71,14 +71,15 @@ def _principal_axes(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np
     """
     n, d = x.shape
     mean = x.mean(axis=0, dtype=np.float64)
-    centred = x - mean.astype(np.float32)
+    mean32 = mean.astype(np.float32)
     gram_side = min(n, d)
     product = np.zeros((gram_side, gram_side), dtype=np.float64)
-    if n >= d:
+    if n >= d:  # centred chunk by chunk: no second N x D copy of the features
         for start in range(0, n, _APPLY_CHUNK_ROWS):
-            chunk = centred[start : start + _APPLY_CHUNK_ROWS]
+            chunk = x[start : start + _APPLY_CHUNK_ROWS] - mean32
             product += chunk.T @ chunk
     else:
+        centred = x - mean32
         product += centred @ centred.T
     product /= n
     values, vectors = scipy.linalg.eigh(

@@ -7,6 +7,7 @@ import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,6 +104,22 @@ def _compact(out: torch.Tensor, failed: list[int]) -> torch.Tensor:
     return out[:write]
 
 
+def _allocate(shape: tuple[int, int, int, int], cache_file: str | os.PathLike[str] | None) -> torch.Tensor:
+    """An uninitialised uint8 tensor of ``shape``: in RAM, or backed by a memory-mapped ``.npy`` file."""
+    if cache_file is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    path = Path(cache_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the decoded-image cache {path} ({np.prod(shape) / 1e9:.1f} GB): {error}; "
+            "free disk space or set data.cache_dir to another disk"
+        ) from error
+    return torch.from_numpy(array)
+
+
 def decode_images(
     source: ImageSource,
     size: int,
@@ -110,14 +127,16 @@ def decode_images(
     progress: bool = True,
     log: logging.Logger | None = None,
     inner_size: int | None = None,
+    cache_file: str | os.PathLike[str] | None = None,
 ) -> DecodedImages:
     """Decode every image of ``source`` once into a uint8 [M, 3, size, size] tensor.
 
     Each image is loaded as RGB, its shorter side resized to ``size`` (bilinear, antialiased) and centre
     cropped (placed for a later centre crop to ``inner_size``, the network's input, when given; see
-    :func:`square_image`). Images that fail to load are skipped, logged (at most ``MAX_LISTED_FAILURES`` lines plus a
-    summary) and listed in ``skipped``; ``indices`` maps kept rows back to source indices. Raises DataError
-    when no image at all can be decoded.
+    :func:`square_image`). With ``cache_file`` the tensor lives in that file, memory-mapped (for data sets
+    larger than memory; the operating system pages it in and out), else in RAM. Images that fail to load are
+    skipped, logged (at most ``MAX_LISTED_FAILURES`` lines plus a summary) and listed in ``skipped``;
+    ``indices`` maps kept rows back to source indices. Raises DataError when no image at all can be decoded.
     """
     log = log if log is not None else logging.getLogger(__name__)
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
@@ -129,7 +148,7 @@ def decode_images(
     if n == 0:
         raise DataError(f"{source.description}: holds no images")
     threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
-    out = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    out = _allocate((n, 3, size, size), cache_file)
     failures: list[tuple[int, str]] = []
     chunk = max(1, min(64, n // (threads * 8)))
     with tqdm(total=n, desc="decode", unit="img", disable=not progress) as bar:

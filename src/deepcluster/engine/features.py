@@ -25,16 +25,21 @@ def extract_features(
 
     The caller puts its modules in eval mode; `images` are uint8 [N, 3, S, S] on the host.
     """
-    outputs: list[np.ndarray] = []
-    bar = tqdm(total=images.shape[0], desc=desc, unit="img", disable=not progress, leave=False)
-    for start in range(0, images.shape[0], batch_size):
+    n = images.shape[0]
+    out: np.ndarray | None = None  # allocated once the first batch shows D: no list of chunks to concatenate
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
+    for start in range(0, n, batch_size):
         batch = images[start : start + batch_size].to(precision.device, non_blocking=True)
         x = view(batch)
         if precision.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
-            y = forward(x)
-        outputs.append(y.float().cpu().numpy())
+            y = forward(x).float().flatten(1).cpu().numpy()
+        if out is None:
+            out = np.empty((n, y.shape[1]), dtype=np.float32)
+        out[start : start + y.shape[0]] = y
         bar.update(batch.shape[0])
     bar.close()
-    return np.concatenate(outputs, axis=0)
+    if out is None:
+        raise ValueError("extract_features: no images to extract features from")
+    return out

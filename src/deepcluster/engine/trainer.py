@@ -180,6 +180,7 @@ class Trainer:
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
         log.info("data: %s", self.source.description)
+        self._cache_path = self._cache_file(len(self.source))
         self.decoded: DecodedImages = decode_images(
             self.source,
             cfg.data.resize,
@@ -187,6 +188,7 @@ class Trainer:
             progress=cfg.run.progress,
             log=log,
             inner_size=cfg.data.input_size,
+            cache_file=self._cache_path,
         )
         if self.decoded.skipped:
             self.run_dir.write_skipped(self.decoded.skipped)
@@ -245,7 +247,25 @@ class Trainer:
             self.steps_per_epoch,
         )
 
+    def _cache_file(self, n_images: int) -> Path | None:
+        """Where the decoded images go when they exceed data.memory_limit_gb; None: they stay in RAM."""
+        data = self.config.data
+        size = int(data.resize or 0)
+        needed = n_images * 3 * size * size
+        if needed <= data.memory_limit_gb * 1e9:
+            return None
+        folder = Path(data.cache_dir) if data.cache_dir else self.run_dir.root / "cache"
+        path = folder / f"decoded-{self.run_dir.root.name}.npy"
+        log.info(
+            "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: memory-mapped cache %s",
+            needed / 1e9, data.memory_limit_gb, path,
+        )  # fmt: skip
+        return path
+
     def _teardown(self) -> None:
+        cache = getattr(self, "_cache_path", None)
+        if cache is not None:  # a mapped file can be unlinked on POSIX: the pages stay valid while in use
+            cache.unlink(missing_ok=True)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
