@@ -403,12 +403,14 @@ def main() -> None:
             s, im = run["seconds"], run["images"]
             print(f"  {n:>8,} {1e3 * s['extract'] / im['extract']:15.3f} {1e3 * s['train'] / im['train']:13.3f} "
                   f"{s['assign']:9.2f} {run['peak_rss_gb']:12.2f}")  # fmt: skip
-        growth = {
-            phase: fit_growth(sizes, [run["seconds"][phase] for run in runs])
-            for phase in ("extract", "assign")
-        }
-        print(f"  fitted growth, seconds ~ N^b: extract b={growth['extract']:.2f}, assign b={growth['assign']:.2f} "
-              f"(k-means costs N x k x d per iteration: b=1 expected)")  # fmt: skip
+        growth = {}
+        if len(set(sizes)) > 1:
+            growth = {
+                phase: fit_growth(sizes, [run["seconds"][phase] for run in runs])
+                for phase in ("extract", "assign")
+            }
+            print(f"  fitted growth, seconds ~ N^b: extract b={growth['extract']:.2f}, "
+                  f"assign b={growth['assign']:.2f} (k-means costs N x k x d per iteration: b=1 expected)")  # fmt: skip
         report["scaling"] = {"sizes": sizes, "runs": runs, "growth": growth}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
