@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepcluster.engine.device import resolve_precision
+from deepcluster.engine.device import resolve_device, resolve_precision
+from deepcluster.engine.trainer import default_resize
+from jpeg_archives import archive_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 CASES = {
@@ -57,18 +59,12 @@ def repeated_archive(path: Path, split: str, n: int | None, folder: Path) -> tup
         if n is None or n == count:
             return path, count
         rows = np.arange(n) % count
-        blob = archive[f"jpeg_{split}"]
-        sizes = np.diff(offsets)[rows]
-        pieces = [blob[offsets[i] : offsets[i + 1]] for i in rows]
-        out = {
-            f"jpeg_{split}": np.concatenate(pieces),
-            f"off_{split}": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            f"y_{split}": archive[f"y_{split}"][rows],
-            f"files_{split}": np.array(
-                [f"{f}#{i // count}" for i, f in zip(rows, archive[f"files_{split}"][rows], strict=True)]
-            ),
-            "classes": archive["classes"],
-        }
+        out = {**archive_rows(archive, split, rows), "classes": archive["classes"]}
+        # repeat r of file f is named f#r, so names stay unique
+        repeat = np.arange(n) // count
+        out[f"files_{split}"] = np.array(
+            [f"{f}#{r}" for f, r in zip(out[f"files_{split}"], repeat, strict=True)]
+        )
     target = folder / f"{path.stem}_{split}_{n}.npz"
     np.savez(target, **out)
     return target, n
@@ -190,12 +186,10 @@ def run_reference(spec: dict) -> dict:
     from deepcluster.data.sources import open_source
     from deepcluster.models import ClassifierHead, build_backbone
 
-    device = torch.device(
-        "cuda" if spec["device"] in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    )
+    device = resolve_device(spec["device"])
     torch.manual_seed(0)
     source = open_source(spec["files"])
-    size, resize = spec["size"], spec["size"] if spec["size"] <= 96 else round(spec["size"] * 256 / 224)
+    size, resize = spec["size"], default_resize(spec["size"])
     backbone = build_backbone(spec["arch"], sobel=True, input_size=size).to(device)
     workers = spec["workers"]
     seconds: dict[str, float] = {}
@@ -347,7 +341,7 @@ def main() -> None:
             f"{archive}: not found; pass --data PATH to a JPEG-bytes .npz (see ../shared/datasets/README.md)"
         )
     split = args.split or case["split"]
-    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="deepcluster-epoch-"))
     flops = model_flops(case["arch"], case["size"], args.k)
     rates = {"fp32": matmul_rate(device, torch.float32)}

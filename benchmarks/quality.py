@@ -37,6 +37,7 @@ from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods import build_method
 from deepcluster.models import build_backbone
+from jpeg_archives import archive_rows
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_jpegbytes.npz"
 CLUSTER_KEYS = ("nmi", "ari", "hungarian_accuracy", "majority_accuracy")
@@ -48,15 +49,9 @@ def subset_archive(path: Path, limit: int, seed: int, folder: Path) -> Path:
     with np.load(path) as archive:
         out["classes"] = archive["classes"]
         for split in ("train", "test"):
-            offsets = archive[f"off_{split}"]
-            n = len(offsets) - 1
+            n = len(archive[f"off_{split}"]) - 1
             rows = np.sort(np.random.default_rng(seed).choice(n, size=min(limit, n), replace=False))
-            blob = archive[f"jpeg_{split}"]
-            pieces = [blob[offsets[i] : offsets[i + 1]] for i in rows]
-            out[f"jpeg_{split}"] = np.concatenate(pieces)
-            out[f"off_{split}"] = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
-            out[f"y_{split}"] = archive[f"y_{split}"][rows]
-            out[f"files_{split}"] = archive[f"files_{split}"][rows]
+            out.update(archive_rows(archive, split, rows))
     target = folder / f"cifar10_subset_{limit}.npz"
     np.savez(target, **out)
     return target

@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from deepcluster.config import TrainConfig, apply_overrides, preset_config
 
 SIZE = 16
+
+
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    """A width x height RGB image of uniform noise, fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
 
 
 def write_pattern_npz(path: Path, n: int = 160) -> Path:

@@ -14,11 +14,7 @@ from torchvision import transforms
 
 from deepcluster.data.decode import MAX_LISTED_FAILURES, DecodedImages, decode_images, square_image
 from deepcluster.data.sources import ArraySource, DataError, FolderSource
-
-
-def noise_image(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+from synthetic import noise_image
 
 
 def reference(image: Image.Image, size: int) -> torch.Tensor:

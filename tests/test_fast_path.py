@@ -16,6 +16,7 @@ from torchvision import transforms as T
 
 from deepcluster.cluster.kmeans import kmeans
 from deepcluster.cluster.preprocess import pca_whiten
+from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD
 from deepcluster.data.decode import decode_images
 from deepcluster.data.reference import reference_cluster_transform, reference_loader
 from deepcluster.data.sources import FolderSource
@@ -24,23 +25,19 @@ from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
 from deepcluster.evaluate.metrics import nmi
 from deepcluster.models import build_backbone
-from synthetic import pattern_images
+from synthetic import noise_image, pattern_images
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MEAN, STD = IMAGENET_MEAN, IMAGENET_STD
 
 # (width, height): landscape, portrait, square, odd x odd, odd x even, square smaller than every resize
 IMAGE_SIZES = [(40, 30), (30, 52), (64, 64), (33, 47), (45, 32), (31, 31)]
 
 # The fast path crops twice (decode: long side to `resize`, ClusterView: `resize` to `input_size`), the
 # reference once (long side straight to `input_size`). Each centre crop rounds its offset half-to-even, so
-# with a = long side margin after the resize and b = resize - input_size, round(a / 2) + round(b / 2) !=
-# round((a + b) / 2) exactly when (a % 4, b % 4) is (1, 1), (3, 3), (2, 1), (2, 3), (1, 2) or (3, 2): the fast
-# view is then one pixel off along the long side. b % 4 == 0 (e.g. 36 -> 32, 256 -> 224) is always exact.
-
-
-def _noise_image(width: int, height: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+# with a = long side margin after the resize and b = resize - input_size, two centred crops would give
+# round(a / 2) + round(b / 2) != round((a + b) / 2) when (a % 4, b % 4) is (1, 1), (3, 3), (2, 1), (2, 3),
+# (1, 2) or (3, 2); decoding with `inner_size` places the square so the total is torchvision's. The size
+# pairs below include such margins (33 -> 32, 32 -> 31, 35 -> 32).
 
 
 def _write_images(folder: Path, images: list[Image.Image]) -> FolderSource:
@@ -64,7 +61,7 @@ def _write_images(folder: Path, images: list[Image.Image]) -> FolderSource:
 def test_cluster_view_equals_torchvision_resize_center_crop_normalize(
     tmp_path: Path, resize: int, input_size: int
 ) -> None:
-    images = [_noise_image(w, h, seed) for seed, (w, h) in enumerate(IMAGE_SIZES)]
+    images = [noise_image(w, h, seed) for seed, (w, h) in enumerate(IMAGE_SIZES)]
     source = _write_images(tmp_path / "images", images)
     decoded = decode_images(source, resize, num_threads=1, progress=False, inner_size=input_size)
     assert decoded.images.shape == (len(images), 3, resize, resize) and decoded.skipped == []

@@ -54,8 +54,8 @@ def square_image(image: Image.Image, size: int, inner_size: int | None = None) -
     if image.size != (size, size):
         image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
         width, height = image.size
-        inner = size - (inner_size if inner_size is not None and inner_size <= size else size)
-        top, left = _crop_offset(height - size, inner), _crop_offset(width - size, inner)
+        inner_margin = size - inner_size if inner_size is not None and inner_size <= size else 0
+        top, left = _crop_offset(height - size, inner_margin), _crop_offset(width - size, inner_margin)
         image = TF.crop(image, top, left, size, size)
     return image
 

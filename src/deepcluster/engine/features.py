@@ -23,7 +23,8 @@ def extract_features(
 ) -> np.ndarray:
     """Apply `view` then `forward` to every image, batch by batch; float32 [N, D] on the host.
 
-    The caller puts its modules in eval mode; `images` are uint8 [N, 3, S, S] on the host.
+    The caller puts its modules in eval mode; `images` are uint8 [N, 3, S, S], on the host or already on the
+    device (see `images_on_device`).
     """
     n = images.shape[0]
     out: np.ndarray | None = None  # allocated once the first batch shows D: no list of chunks to concatenate

@@ -102,14 +102,18 @@ def infer_input_size(source: ImageSource, tries: int = 16) -> int:
     raise ConfigError(f"--data: none of the first {tries} images of {source.description} could be read")
 
 
+def default_resize(input_size: int) -> int:
+    """Side images are resized to before cropping `input_size`: the input itself for small inputs, else in the
+    ImageNet ratio 256 / 224."""
+    return input_size if input_size <= SMALL_INPUT_LIMIT else round(input_size * 256 / 224)
+
+
 def resolve_config(config: TrainConfig, source: ImageSource, device: torch.device) -> TrainConfig:
     """Fill every automatic setting (input size, resize, arch, device, precision) from the data and the machine."""
     data = dataclasses.replace(config.data)
     data.input_size = data.input_size or infer_input_size(source)
     if data.resize is None:
-        data.resize = (
-            data.input_size if data.input_size <= SMALL_INPUT_LIMIT else round(data.input_size * 256 / 224)
-        )
+        data.resize = default_resize(data.input_size)
     model = dataclasses.replace(config.model)
     if model.arch is None:
         model.arch = "alexnet_small" if data.input_size <= SMALL_INPUT_LIMIT else "alexnet"
@@ -153,6 +157,7 @@ class Trainer:
         self.state = LoopState()
         self._file_log: logging.Handler | None = None
         self._writer: Any = None
+        self._cache_path: Path | None = None
         self.method: Method = build_method(self.config)
         if not resume:
             seed_everything(self.config.run.seed)
@@ -263,9 +268,10 @@ class Trainer:
         return path
 
     def _teardown(self) -> None:
-        cache = getattr(self, "_cache_path", None)
-        if cache is not None:  # a mapped file can be unlinked on POSIX: the pages stay valid while in use
-            cache.unlink(missing_ok=True)
+        if (
+            self._cache_path is not None
+        ):  # a mapped file can be unlinked on POSIX: pages stay valid while in use
+            self._cache_path.unlink(missing_ok=True)
         if self._writer is not None:
             self._writer.close()
             self._writer = None

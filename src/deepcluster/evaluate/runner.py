@@ -26,7 +26,7 @@ from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
 from deepcluster.engine.run_dir import RunDir
 from deepcluster.engine.seeding import seed_everything
-from deepcluster.engine.trainer import SMALL_INPUT_LIMIT
+from deepcluster.engine.trainer import default_resize
 from deepcluster.evaluate.checkpoint_import import import_deepcluster_checkpoint
 from deepcluster.evaluate.knn import weighted_knn_accuracies
 from deepcluster.evaluate.linear_probe import ProbeConfig, linear_probe
@@ -115,7 +115,7 @@ def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel
     size = int(input_size or 224)
     imported = import_deepcluster_checkpoint(path, input_size=size, trusted=True)
     backbone = imported.model
-    resize = size if size <= SMALL_INPUT_LIMIT else round(size * 256 / 224)
+    resize = default_resize(size)
     return LoadedModel(
         backbone, backbone.arch, backbone.sobel is not None, size, resize, None, None, None,
         report=imported.report.message(),

@@ -8,6 +8,7 @@ from torch import nn
 
 from deepcluster.cluster import PCAWhitening, kmeans
 from deepcluster.cluster.kmeans_torch import torch_kmeans
+from deepcluster.engine.device import resolve_device
 from deepcluster.methods.base import Assignment, Method
 from deepcluster.models import ClassifierHead
 
@@ -24,7 +25,7 @@ class DeepCluster(Method):
         settings = self.config.cluster
         pca = PCAWhitening(dim=settings.pca_dim).fit(features, sample_size=settings.pca_sample, seed=seed)
         reduced = pca.apply(features)
-        device = torch.device(self.config.run.device if self.config.run.device != "auto" else "cpu")
+        device = resolve_device(self.config.run.device)
         backend = settings.kmeans_backend
         if backend == "torch" or (backend == "auto" and device.type == "cuda"):
             result = torch_kmeans(reduced, settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device)
