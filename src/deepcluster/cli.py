@@ -46,7 +46,14 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train a network by alternating clustering and classification",
-        description="Train DeepCluster. With no --data, runs on the embedded CIFAR-10 test split (10,000 images).",
+        description="Train DeepCluster, SeLa, or any architecture on a run's labels (--labels). With no --data, "
+        "runs on the embedded CIFAR-10 test split (10,000 images).",
+    )
+    p.add_argument("--method", help="deepcluster (default) or sela")
+    p.add_argument(
+        "--labels",
+        metavar="LABELS_CSV",
+        help="train on the labels a run wrote (RUN_DIR/labels.csv), with any --arch: label transfer",
     )
     p.add_argument(
         "--data", help="image folder, .npz archive, file list, or data set name (cifar10, stl10, ...)"
@@ -114,6 +121,15 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, flag)
         if value is not None:
             flags.setdefault(section, {})[option] = value
+    if args.method:
+        flags["method"] = args.method
+    if args.labels:
+        flags["method"] = "transfer"
+        flags["transfer"] = {"labels": args.labels}
+        if args.method and args.method != "transfer":
+            raise ConfigError(
+                f"--labels trains on given labels and cannot be combined with --method {args.method}"
+            )
     if args.download:
         flags.setdefault("data", {})["download"] = True
     if args.save_features:
@@ -133,7 +149,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         given = {flag for flag in TRAIN_FLAGS if getattr(args, flag) is not None}
-        given |= {name for name in ("config", "preset") if getattr(args, name)}
+        given |= {name for name in ("config", "preset", "method", "labels") if getattr(args, name)}
         given |= {
             name for name in ("download", "save_features", "no_sobel", "no_progress") if getattr(args, name)
         }

@@ -86,6 +86,37 @@ class ClusterConfig:
 
 
 @dataclass
+class SelaConfig:
+    """SeLa (Asano et al., 2020): labels from optimal transport with equal-size clusters, several heads."""
+
+    heads: int = 10
+    """Classification heads, each Linear(features, k) with its own labels; the loss is their mean."""
+    lam: float | None = None
+    """Sharpness lambda of P^lambda; None: 25, or 10 for inputs of at most 96 px (the paper's small-image value)."""
+    updates: int | None = None
+    """Label updates over the run (after the random start; the last one at the very end); None: 2 per epoch."""
+    spacing: str = "quadratic"
+    """quadratic (dense early, as in the paper) or linear spacing of the updates."""
+    tolerance: float = 0.1
+    """Stop Sinkhorn when the column scaling changes by less than this (sum of |old/new - 1|)."""
+    check_every: int = 10
+    """Iterations between two convergence checks."""
+    max_iters: int = 1000
+    chunk_mb: float = 256.0
+    """Rows of P are processed in float64 chunks of about this size; bounds Sinkhorn's working memory."""
+    view: str = "cluster"
+    """Which view P is computed on: cluster (centre crop) or train (the augmented crops)."""
+
+
+@dataclass
+class TransferConfig:
+    """Label transfer: train any architecture on the labels a run wrote."""
+
+    labels: str | None = None
+    """A run's labels.csv (every `cluster*` column is one head's labels)."""
+
+
+@dataclass
 class OptimConfig:
     """SGD for the body and for each epoch's fresh top layer."""
 
@@ -137,6 +168,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sela: SelaConfig = field(default_factory=SelaConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
@@ -149,7 +182,9 @@ class TrainConfig:
         validate_config(self)
 
 
-METHODS = ("deepcluster",)
+METHODS = ("deepcluster", "sela", "transfer")
+SELA_SPACINGS = ("quadratic", "linear")
+SELA_VIEWS = ("cluster", "train")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("auto", "fp32", "bf16")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
@@ -183,6 +218,8 @@ _SECTIONS: dict[str, type] = {
     "augment": AugmentConfig,
     "model": ModelConfig,
     "cluster": ClusterConfig,
+    "sela": SelaConfig,
+    "transfer": TransferConfig,
     "optim": OptimConfig,
     "run": RunConfig,
 }
@@ -286,6 +323,13 @@ def validate_config(config: TrainConfig) -> None:
             f"cluster.kmeans_backend={config.cluster.kmeans_backend!r}: choose from {', '.join(KMEANS_BACKENDS)}"
         )
     _positive(config.cluster.recluster_every, "cluster.recluster_every")
+    _validate_sela(config.sela)
+    if config.method == "transfer" and not config.transfer.labels:
+        raise ConfigError("--method transfer needs --labels RUN_DIR/labels.csv (transfer.labels)")
+    if config.method != "transfer" and config.transfer.labels:
+        raise ConfigError(
+            f"--labels trains on given labels and cannot be combined with --method {config.method}; drop one"
+        )
     _positive(config.cluster.pca_sample, "cluster.pca_sample", allow_none=True)
     if config.cluster.pca_dim < 0:
         raise ConfigError(f"cluster.pca_dim={config.cluster.pca_dim}: must be >= 0 (0 turns PCA off)")
@@ -330,3 +374,19 @@ def validate_config(config: TrainConfig) -> None:
     _probability(config.augment.grayscale_prob, "augment.grayscale_prob")
     if any(s <= 0 for s in config.data.std):
         raise ConfigError(f"data.std={list(config.data.std)}: every value must be > 0")
+
+
+def _validate_sela(sela: SelaConfig) -> None:
+    _positive(sela.heads, "sela.heads")
+    _positive(sela.updates, "sela.updates", allow_none=True)
+    _positive(sela.check_every, "sela.check_every")
+    _positive(sela.max_iters, "sela.max_iters")
+    if sela.lam is not None and not float(sela.lam) > 0:
+        raise ConfigError(f"sela.lam={sela.lam!r}: must be > 0 (or unset: 25, 10 for small images)")
+    for option, value in (("sela.tolerance", sela.tolerance), ("sela.chunk_mb", sela.chunk_mb)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{option}={value!r}: must be a number > 0")
+    if sela.spacing not in SELA_SPACINGS:
+        raise ConfigError(f"sela.spacing={sela.spacing!r}: choose from {', '.join(SELA_SPACINGS)}")
+    if sela.view not in SELA_VIEWS:
+        raise ConfigError(f"sela.view={sela.view!r}: choose from {', '.join(SELA_VIEWS)}")

@@ -1,4 +1,4 @@
-"""Samplers that draw training images uniformly over pseudo-label clusters."""
+"""Samplers of one epoch's training images: uniform over pseudo-label clusters, or over images."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ def uniform_cluster_sample(labels: np.ndarray, n_samples: int, seed: int) -> np.
     indices = np.concatenate(picked)
     rng.shuffle(indices)
     return indices.astype(np.int64)
+
+
+def shuffled_sample(n_images: int, n_samples: int, seed: int) -> np.ndarray:
+    """Image indices for one epoch drawn uniformly over images: fresh random permutations, concatenated."""
+    if n_images < 1 or n_samples < 1:
+        raise ValueError(
+            f"shuffled_sample: need n_images >= 1 and n_samples >= 1, got {n_images}, {n_samples}"
+        )
+    rng = np.random.default_rng(seed)
+    rounds = -(-n_samples // n_images)
+    return np.concatenate([rng.permutation(n_images) for _ in range(rounds)])[:n_samples].astype(np.int64)

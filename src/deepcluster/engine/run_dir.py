@@ -7,6 +7,7 @@ import io
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,15 @@ class RunDir:
         labels: np.ndarray,
         true_labels: np.ndarray | None = None,
     ) -> None:
-        """labels.csv: source index, image (path or name), cluster[, true label]; one row per kept image."""
+        """labels.csv: source index, image (path or name), cluster[, cluster_h1 ...][, true_label]; one row per
+        kept image. `labels` is [N] or [N, H]: every further head gets a `cluster_h<i>` column."""
+        columns = labels.reshape(len(labels), -1)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        header = ["index", "image", "cluster"] + (["true_label"] if true_labels is not None else [])
-        writer.writerow(header)
-        for row, (index, name, label) in enumerate(zip(indices, names, labels, strict=True)):
-            line = [int(index), name, int(label)]
+        heads = ["cluster"] + [f"cluster_h{h}" for h in range(1, columns.shape[1])]
+        writer.writerow(["index", "image", *heads] + (["true_label"] if true_labels is not None else []))
+        for row, (index, name) in enumerate(zip(indices, names, strict=True)):
+            line = [int(index), name, *(int(v) for v in columns[row])]
             if true_labels is not None:
                 line.append(int(true_labels[row]))
             writer.writerow(line)
@@ -102,3 +105,44 @@ class RunDir:
 
     def write_skipped(self, skipped: Sequence[tuple[str, str]]) -> None:
         atomic_write_text(self.skipped, "".join(f"{name}\t{reason}\n" for name, reason in skipped))
+
+
+@dataclass
+class LabelsTable:
+    """The rows of a labels.csv: source indices, image names, and one label column per head."""
+
+    indices: np.ndarray
+    names: list[str]
+    labels: np.ndarray
+    """int64 [N, H]."""
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> LabelsTable:
+    """Read a labels.csv written by a run; errors name the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--labels {path}: file not found; give a run's labels.csv")
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None or header[:3] != ["index", "image", "cluster"]:
+            raise ConfigError(
+                f"--labels {path}: not a labels.csv written by deepcluster (expected columns index,image,cluster,...)"
+            )
+        heads = [i for i, name in enumerate(header) if name == "cluster" or name.startswith("cluster_h")]
+        indices, names, labels = [], [], []
+        for line_no, row in enumerate(reader, start=2):
+            try:
+                indices.append(int(row[0]))
+                names.append(row[1])
+                labels.append([int(row[i]) for i in heads])
+            except (ValueError, IndexError):
+                raise ConfigError(
+                    f"--labels {path}, line {line_no}: expected whole numbers, got {row!r}"
+                ) from None
+    if not labels:
+        raise ConfigError(f"--labels {path}: no rows")
+    table = np.asarray(labels, dtype=np.int64)
+    if table.min() < 0:
+        raise ConfigError(f"--labels {path}: negative cluster ids")
+    return LabelsTable(np.asarray(indices, dtype=np.int64), names, table)

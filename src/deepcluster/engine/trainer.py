@@ -1,8 +1,11 @@
 """The epoch loop shared by every method: extract, assign, train; checkpoints, exact resume, logs.
 
 One epoch, as data:
-    images --cluster view--> backbone --> features --method.assign--> labels
-       `--train view--> backbone + head(s) <-- uniform sampler over labels --> loss --> SGD step
+    images --cluster view--> backbone [+ heads] --> features --method.assign--> labels
+       `--train view--> backbone + head(s) <-- the method's sampler over labels --> loss --> SGD step
+
+Labels are (re)assigned before the global steps the method schedules (DeepCluster: every epoch's start; SeLa:
+spread over the run, quadratically); each update is followed by a checkpoint.
 
 Every random draw is either counter-based (a seed derived from the run's seed and the epoch/step it serves) or
 comes from the global generators whose states the checkpoint carries, so a resumed run reaches the same weights
@@ -28,7 +31,6 @@ from tqdm.auto import tqdm
 
 from deepcluster.config import ConfigError, TrainConfig, dump_config
 from deepcluster.data.decode import DecodedImages, decode_images
-from deepcluster.data.samplers import uniform_cluster_sample
 from deepcluster.data.sources import ImageSource, open_source
 from deepcluster.data.views import ClusterView, TrainView
 from deepcluster.engine.checkpoint import (
@@ -48,12 +50,12 @@ from deepcluster.engine.seeding import (
     torch_generator,
 )
 from deepcluster.evaluate.metrics import ari, nmi
-from deepcluster.methods import Assignment, Method, build_method
+from deepcluster.methods import Assignment, Method, build_method, primary_labels
 from deepcluster.models import build_backbone
 
 log = logging.getLogger("deepcluster")
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 SMALL_INPUT_LIMIT = 96
 
 
@@ -67,7 +69,8 @@ class LoopState:
 
     epoch: int = 0
     step: int = 0
-    labels_epoch: int = -1
+    updates_done: int = 0
+    """How many entries of the method's label-update schedule have run."""
     labels: np.ndarray | None = None
     prev_labels: np.ndarray | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -152,13 +155,13 @@ class Trainer:
             download=config.data.download,
         )
         self.config = resolve_config(config, self.source, device)
+        self.method: Method = build_method(self.config)
         self._check_k(len(self.source))
         self.precision = Precision(device, self.config.run.precision)
         self.state = LoopState()
         self._file_log: logging.Handler | None = None
         self._writer: Any = None
         self._cache_path: Path | None = None
-        self.method: Method = build_method(self.config)
         if not resume:
             seed_everything(self.config.run.seed)
         model = self.config.model
@@ -171,7 +174,7 @@ class Trainer:
 
     def _check_k(self, n_images: int) -> None:
         k = self.config.cluster.k
-        if k > n_images:
+        if self.method.uses_k and k > n_images:
             raise ConfigError(
                 f"--k {k} is larger than the number of images ({n_images}); use --k {n_images} or less"
             )
@@ -234,6 +237,7 @@ class Trainer:
         self.epoch_size = cfg.optim.epoch_size or n_images
         self.batch_size = min(cfg.optim.batch_size, self.epoch_size)
         self.steps_per_epoch = max(1, self.epoch_size // self.batch_size)
+        self.schedule = self.method.label_update_steps(self.steps_per_epoch, cfg.run.epochs)
         if self.resume:
             self._load()
         from torch.utils.tensorboard import SummaryWriter
@@ -295,7 +299,7 @@ class Trainer:
             "loop": {
                 "epoch": state.epoch,
                 "step": state.step,
-                "labels_epoch": state.labels_epoch,
+                "updates_done": state.updates_done,
                 "labels": state.labels,
                 "prev_labels": state.prev_labels,
                 "history": state.history,
@@ -332,11 +336,15 @@ class Trainer:
             raise ConfigError(f"--resume {self.run_dir.root}: the images readable now differ from the run's")
         self.backbone.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        loop = ckpt["loop"]
+        loop = dict(ckpt["loop"])
+        if ckpt.get("version", 1) < 2:  # v1 kept the epoch of the last clustering instead of an update count
+            step = loop["epoch"] * self.steps_per_epoch + loop["step"]
+            done_now = loop.pop("labels_epoch") >= loop["epoch"]
+            loop["updates_done"] = sum(1 for s in self.schedule if s < step or (s == step and done_now))
         self.state = LoopState(**loop)
         if ckpt["heads"] is not None:
             assignment = Assignment(labels=loop["labels"], n_classes=ckpt["n_classes"])
-            self._new_heads(assignment, epoch=loop["labels_epoch"])
+            self._new_heads(assignment, epoch=loop["epoch"])
             self.heads.load_state_dict(ckpt["heads"])
             self.head_optimizer.load_state_dict(ckpt["head_optimizer"])
         restore_rng_state(ckpt["rng"])
@@ -357,47 +365,79 @@ class Trainer:
             weight_decay=optim.weight_decay,
         )
 
-    def _assign(self, epoch: int) -> None:
-        """Extract features, assign labels, log their quality, and give the method fresh heads."""
+    def _run_due_updates(self, epoch: int) -> bool:
+        """Assign labels if the schedule has an update due at (or, after a resume, before) the current step.
+
+        Several due updates collapse into one. Each update is followed by a checkpoint. Returns True if one ran.
+        """
+        state = self.state
+        now = epoch * self.steps_per_epoch + state.step
+        due = sum(1 for s in self.schedule if s <= now)
+        if due <= state.updates_done:
+            return False
+        self._update_labels(epoch)
+        state.updates_done = due
+        self.save()
+        return True
+
+    def _update_labels(self, epoch: int) -> None:
+        """Assign labels (given ones, or extracted and assigned by the method), log their quality, set up heads."""
         cfg = self.config
         state = self.state
         started = time.perf_counter()
+        assignment = None
+        if state.labels is None:
+            assignment = self.method.initial_assignment(
+                self.decoded.indices, self.source.name, derive_seed(cfg.run.seed, "initial")
+            )
+        features = None
+        if assignment is None:
+            features = self._extract(epoch)
+        extracted = time.perf_counter()
+        if features is not None:
+            key = (
+                (epoch,) if state.step == 0 else (epoch, state.step)
+            )  # epoch-start seeds as before multi-updates
+            assignment = self.method.assign(features, seed=derive_seed(cfg.run.seed, "assign", *key))
+            if cfg.run.save_features:
+                atomic_save_numpy(self.run_dir.features, features)
+        assert assignment is not None
+        assigned = time.perf_counter()
+        state.prev_labels = state.labels
+        state.labels = assignment.labels
+        record = state.record
+        record.update(assignment.stats)
+        record.update(_label_metrics(state.prev_labels, state.labels, self.true_labels))
+        record["label_updates"] = record.get("label_updates", 0) + 1
+        record["seconds_extract"] = record.get("seconds_extract", 0.0) + extracted - started
+        record["seconds_assign"] = record.get("seconds_assign", 0.0) + assigned - extracted
+        self.run_dir.write_epoch_labels(epoch, assignment.labels)
+        if self.heads is None or self.method.fresh_heads:
+            self._new_heads(assignment, epoch)
+        log.info("epoch %d step %d: labels assigned (%s)", epoch, state.step, _format_stats(record))
+
+    def _extract(self, epoch: int) -> np.ndarray:
+        """The method's per-image values over the whole data set, in eval mode, on the method's view."""
+        cfg = self.config
         self.backbone.eval()
         if self.heads is not None:
             self.heads.eval()
+        view: Callable[[torch.Tensor], torch.Tensor] = self.cluster_view
+        if self.method.extract_view == "train":
+            generator = torch_generator(derive_seed(cfg.run.seed, "extract-view", epoch, self.state.step))
+            view = lambda batch: self.train_view(batch, generator)  # noqa: E731
         features = extract_features(
             lambda x: self.method.extract(self.backbone, self.heads, x),
             self.images,
-            self.cluster_view,
+            view,
             batch_size=cfg.optim.batch_size,
             precision=self.precision,
             progress=cfg.run.progress,
             desc=f"epoch {epoch} features",
         )
-        extracted = time.perf_counter()
         if not np.isfinite(features).all():
             self._diverged("the clustering features became NaN or infinite")
-        assignment = self.method.assign(features, seed=derive_seed(cfg.run.seed, "assign", epoch))
-        assigned = time.perf_counter()
-        if cfg.run.save_features:
-            atomic_save_numpy(self.run_dir.features, features)
-        state.prev_labels = state.labels
-        state.labels = assignment.labels
-        state.labels_epoch = epoch
-        record: dict[str, Any] = {"epoch": epoch, **assignment.stats}
-        record["n_clusters"] = int(np.unique(assignment.labels).size)
-        record["nmi_prev"] = None if state.prev_labels is None else nmi(state.prev_labels, state.labels)
-        if self.true_labels is not None:
-            record["nmi_true"] = nmi(self.true_labels, state.labels)
-            record["ari_true"] = ari(self.true_labels, state.labels)
-        else:
-            record["nmi_true"] = record["ari_true"] = None
-        record["seconds_extract"] = extracted - started
-        record["seconds_assign"] = assigned - extracted
-        state.record = record
-        self.run_dir.write_epoch_labels(epoch, assignment.labels)
-        self._new_heads(assignment, epoch)
-        log.info("epoch %d: labels assigned (%s)", epoch, _format_stats(record))
+        return features
 
     def _lr_factor(self, epoch: int, step: int) -> float:
         optim = self.config.optim
@@ -418,8 +458,11 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.config
         state = self.state
-        assert state.labels is not None and self.heads is not None and self.head_optimizer is not None
-        indices = uniform_cluster_sample(
+        started = time.perf_counter()
+        self._run_due_updates(epoch)
+        if state.labels is None or self.heads is None or self.head_optimizer is None:
+            raise RuntimeError(f"method {self.method.name} scheduled no label assignment before step 0")
+        indices = self.method.sample(
             state.labels,
             self.steps_per_epoch * self.batch_size,
             seed=derive_seed(cfg.run.seed, "sampler", epoch),
@@ -428,6 +471,7 @@ class Trainer:
         self.backbone.train()
         self.heads.train()
         device = self.precision.device
+        updating = time.perf_counter() - started
         started = time.perf_counter()
         bar = tqdm(
             total=self.steps_per_epoch,
@@ -438,6 +482,12 @@ class Trainer:
             leave=False,
         )
         while state.step < self.steps_per_epoch:
+            began = time.perf_counter()
+            if self._run_due_updates(epoch):
+                labels = torch.as_tensor(state.labels)
+                self.backbone.train()
+                self.heads.train()
+                updating += time.perf_counter() - began
             step = state.step
             batch = torch.as_tensor(indices[step * self.batch_size : (step + 1) * self.batch_size])
             generator = torch_generator(derive_seed(cfg.run.seed, "augment", epoch, step))
@@ -473,11 +523,17 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(self)
         bar.close()
-        state.record["seconds_train"] = state.record.get("seconds_train", 0.0) + time.perf_counter() - started
+        spent = time.perf_counter() - started - updating
+        if epoch == cfg.run.epochs - 1:
+            self._run_due_updates(
+                epoch
+            )  # an update scheduled after the last step: the trained network's labels
+        state.record["seconds_train"] = state.record.get("seconds_train", 0.0) + spent
 
     def _finish_epoch(self, epoch: int) -> None:
         state = self.state
         record = dict(state.record)
+        record.setdefault("label_updates", 0)
         record["loss"] = state.loss_sum / max(1, state.loss_count)
         record["lr"] = self.config.optim.lr * self._lr_factor(epoch, self.steps_per_epoch - 1)
         record["seconds"] = sum(
@@ -495,7 +551,7 @@ class Trainer:
         state.record = {}
         self.run_dir.write_metrics(state.history)
         for key, value in ordered.items():
-            if isinstance(value, (int, float)) and key != "epoch":
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
                 self._writer.add_scalar(f"epoch/{key}", value, epoch)
         self._writer.flush()
         log.info("epoch %d done: %s", epoch, _format_stats(ordered))
@@ -523,13 +579,6 @@ class Trainer:
             for epoch in range(self.state.epoch, cfg.run.epochs):
                 if self._out_of_time(started):
                     break
-                if self.state.labels_epoch != epoch:
-                    if self.state.labels is None or epoch % cfg.cluster.recluster_every == 0:
-                        self._assign(epoch)
-                    else:
-                        self.state.labels_epoch = epoch
-                        self.state.record = {"epoch": epoch, "reused_labels": True}
-                    self.save()
                 self._train_epoch(epoch)
                 self._finish_epoch(epoch)
                 self.save()
@@ -544,6 +593,31 @@ class Trainer:
             self._teardown()
 
 
+def _label_metrics(
+    previous: np.ndarray | None, labels: np.ndarray, true: np.ndarray | None
+) -> dict[str, Any]:
+    """NMI to the previous labels (mean over heads, and per head when there are several), and NMI / ARI of the
+    first head to the truth when known."""
+    record: dict[str, Any] = {"n_clusters": int(np.unique(primary_labels(labels)).size)}
+    columns = labels.reshape(len(labels), -1)
+    if previous is None or previous.shape != labels.shape:
+        record["nmi_prev"] = None
+    else:
+        before = previous.reshape(len(previous), -1)
+        per_head = [nmi(before[:, h], columns[:, h]) for h in range(columns.shape[1])]
+        record["nmi_prev"] = float(np.mean(per_head))
+        if len(per_head) > 1:
+            record["nmi_prev_heads"] = per_head
+    if true is None:
+        record["nmi_true"] = record["ari_true"] = None
+    else:
+        record["nmi_true"] = nmi(true, columns[:, 0])
+        record["ari_true"] = ari(true, columns[:, 0])
+        if columns.shape[1] > 1:
+            record["nmi_true_heads"] = [nmi(true, columns[:, h]) for h in range(columns.shape[1])]
+    return record
+
+
 def _epoch_seconds(history: list[dict[str, Any]]) -> float:
     return float(history[-1].get("seconds", 0.0)) if history else 0.0
 
@@ -551,7 +625,7 @@ def _epoch_seconds(history: list[dict[str, Any]]) -> float:
 def _format_stats(record: dict[str, Any]) -> str:
     parts = []
     for key, value in record.items():
-        if key == "epoch" or value is None:
+        if key == "epoch" or value is None or isinstance(value, list):
             continue
         parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
     return ", ".join(parts)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from deepcluster.config import TrainConfig
-from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.base import Assignment, Method, primary_labels
 from deepcluster.methods.deepcluster import DeepCluster
+from deepcluster.methods.sela import SeLa
+from deepcluster.methods.transfer import Transfer
 
-METHODS: dict[str, type[Method]] = {DeepCluster.name: DeepCluster}
+METHODS: dict[str, type[Method]] = {method.name: method for method in (DeepCluster, SeLa, Transfer)}
 
 
 def build_method(config: TrainConfig) -> Method:
@@ -17,4 +19,13 @@ def build_method(config: TrainConfig) -> Method:
         raise ValueError(f"--method {config.method}: unknown; choose from {', '.join(METHODS)}") from None
 
 
-__all__ = ["METHODS", "Assignment", "DeepCluster", "Method", "build_method"]
+__all__ = [
+    "METHODS",
+    "Assignment",
+    "DeepCluster",
+    "Method",
+    "SeLa",
+    "Transfer",
+    "build_method",
+    "primary_labels",
+]

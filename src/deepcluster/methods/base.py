@@ -7,6 +7,7 @@ which heads and loss train the network. Everything else (data, loop, checkpoints
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from deepcluster.config import TrainConfig
+from deepcluster.data.samplers import uniform_cluster_sample
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Assignment:
     """Pseudo-labels for every image and what the assigner measured on the way."""
 
     labels: np.ndarray
-    """int64 [N], ids in 0..n_classes-1, every id used at least once."""
+    """int64 [N] (one head) or [N, H] (one column per head), ids in 0..n_classes-1."""
     n_classes: int
     stats: dict[str, float] = field(default_factory=dict)
     """Logged per epoch, e.g. kmeans_loss, n_empty."""
@@ -30,13 +32,46 @@ class Assignment:
     """Arrays worth keeping with the run (e.g. centroids)."""
 
 
+def primary_labels(labels: np.ndarray) -> np.ndarray:
+    """The first head's labels: what labels.csv's `cluster` column, the sampler and the headline metrics use."""
+    return labels if labels.ndim == 1 else labels[:, 0]
+
+
 class Method(ABC):
-    """One method of the DeepCluster family."""
+    """One method of the DeepCluster family.
+
+    Labels are (re)assigned before the global training steps `label_update_steps` lists; the engine keeps the heads
+    across updates unless `fresh_heads` is set.
+    """
 
     name: ClassVar[str]
+    fresh_heads: ClassVar[bool] = True
+    """Build new, randomly initialised heads after every label update (DeepCluster) or keep them (SeLa)."""
+    uses_k: ClassVar[bool] = True
+    """The number of classes is `cluster.k` (checked against the data size)."""
+    extract_view: str = "cluster"
+    """Which view the extraction sees: cluster (centre crop) or train (augmented)."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+
+    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
+        """Sorted global steps before which labels are assigned; `epochs * steps_per_epoch` means after the last.
+
+        Default: at the start of every `cluster.recluster_every`-th epoch.
+        """
+        every = self.config.cluster.recluster_every
+        return [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every == 0]
+
+    def initial_assignment(
+        self, indices: np.ndarray, name_of: Callable[[int], str], seed: int
+    ) -> Assignment | None:
+        """Labels given before any network output (SeLa's random start, transferred labels); None: extract."""
+        return None
+
+    def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        """Image indices of one epoch (default: uniform over the first head's clusters)."""
+        return uniform_cluster_sample(primary_labels(labels), n_samples, seed=seed)
 
     @abstractmethod
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 from deepcluster.models.alexnet import AlexNetBN, alexnet_bn, alexnet_bn_small
 from deepcluster.models.backbone import Backbone, ConvFCBackbone
-from deepcluster.models.heads import ClassifierHead, linear_head
+from deepcluster.models.heads import ClassifierHead, MultiHead, linear_head
 from deepcluster.models.init import init_deepcluster_weights
 from deepcluster.models.registry import ARCHITECTURES, FAMILIES, build_backbone, default_arch_for
 from deepcluster.models.resnet import ResNetBackbone, resnet18, resnet50
@@ -12,6 +12,7 @@ from deepcluster.models.vgg import VGG16BN, vgg16_bn, vgg16_bn_small
 __all__ = [
     "ARCHITECTURES",
     "FAMILIES",
+    "MultiHead",
     "AlexNetBN",
     "Backbone",
     "ClassifierHead",

@@ -44,3 +44,31 @@ class ClassifierHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``[B, n_out]`` logits for ``[B, in_dim]`` embeddings."""
         return self.linear(self.relu(x))
+
+
+class MultiHead(nn.Module):
+    """ReLU followed by `n_heads` independent linear heads of `n_out` outputs each (SeLa's multi-task top).
+
+    The heads are stored as one ``Linear(in_dim, n_heads * n_out)`` (one matrix product for all of them); each
+    block of `n_out` rows is initialised like a :func:`linear_head`. Returns logits of shape ``[B, n_heads, n_out]``.
+    """
+
+    def __init__(
+        self, in_dim: int, n_out: int, n_heads: int, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads <= 0:
+            raise ValueError(f"MultiHead: n_heads must be a positive integer, got {n_heads!r}")
+        self.relu = nn.ReLU()
+        self.linear = linear_head(in_dim, n_heads * n_out, generator=generator)
+        self.n_heads = n_heads
+        self.n_out = n_out
+
+    @property
+    def in_dim(self) -> int:
+        """Size of the embedding the heads expect."""
+        return self.linear.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return ``[B, n_heads, n_out]`` logits for ``[B, in_dim]`` embeddings."""
+        return self.linear(self.relu(x)).unflatten(1, (self.n_heads, self.n_out))

@@ -1,0 +1,135 @@
+"""SeLa (Asano, Rupprecht and Vedaldi, ICLR 2020): self-labelling by optimal transport with equal-size clusters.
+
+Several heads, each Linear(features, k) with its own labels; the labels of a head are the Sinkhorn-Knopp solution
+for its softmax outputs over the whole data set; the loss is the mean of the heads' cross-entropies. The heads are
+kept across label updates, which are spread over the run (quadratically: dense early) rather than once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcluster.cluster.sinkhorn import balanced_random_labels, default_chunk_rows, sinkhorn_labels
+from deepcluster.config import TrainConfig
+from deepcluster.data.samplers import shuffled_sample
+from deepcluster.engine.device import resolve_device
+from deepcluster.engine.seeding import derive_seed
+from deepcluster.methods.base import Assignment, Method
+from deepcluster.models import MultiHead
+
+SMALL_IMAGE_LAMBDA = 10.0
+LAMBDA = 25.0
+SMALL_IMAGE_LIMIT = 96
+
+
+def default_lambda(input_size: int | None) -> float:
+    """The paper's lambda: 25, or 10 for small images (at most 96 px)."""
+    return SMALL_IMAGE_LAMBDA if input_size is not None and input_size <= SMALL_IMAGE_LIMIT else LAMBDA
+
+
+def update_steps(total_steps: int, updates: int, spacing: str) -> list[int]:
+    """Global steps of `updates` label updates over `total_steps`: step (u / n)^2 * total (quadratic) or
+    u / n * total (linear) for u = 1..n, each at least 1 and without repeats; the last is `total_steps` (labels of
+    the trained network)."""
+    if updates < 1 or total_steps < 1:
+        raise ValueError(
+            f"update_steps: need updates >= 1 and total_steps >= 1, got {updates}, {total_steps}"
+        )
+    fractions = np.arange(1, updates + 1) / updates
+    if spacing == "quadratic":
+        fractions = fractions**2
+    elif spacing != "linear":
+        raise ValueError(f"update_steps: spacing={spacing!r}; choose quadratic or linear")
+    steps = np.maximum(1, np.rint(fractions * total_steps).astype(np.int64))
+    return sorted({int(s) for s in steps})
+
+
+class SeLa(Method):
+    """Features: each head's log-softmax over k; labels: Sinkhorn-Knopp per head; heads: kept across updates."""
+
+    name = "sela"
+    fresh_heads = False
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self.extract_view = config.sela.view
+
+    @property
+    def lam(self) -> float:
+        """Lambda in force: the option, or the paper's default for the input size."""
+        sela = self.config.sela
+        return float(sela.lam) if sela.lam is not None else default_lambda(self.config.data.input_size)
+
+    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
+        sela = self.config.sela
+        updates = sela.updates or 2 * epochs
+        return [0, *update_steps(steps_per_epoch * epochs, updates, sela.spacing)]
+
+    def initial_assignment(self, indices: np.ndarray, name_of: Callable[[int], str], seed: int) -> Assignment:
+        k, heads = self.config.cluster.k, self.config.sela.heads
+        labels = np.stack(
+            [balanced_random_labels(len(indices), k, derive_seed(seed, "head", h)) for h in range(heads)],
+            axis=1,
+        )
+        return Assignment(labels=labels, n_classes=k)
+
+    def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        return shuffled_sample(labels.shape[0], n_samples, seed=seed)
+
+    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+        if heads is None:
+            raise RuntimeError(
+                "SeLa extracts its heads' outputs: the heads must exist before the first update"
+            )
+        return torch.log_softmax(heads(backbone(images)).float(), dim=-1).flatten(1)
+
+    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+        sela, k = self.config.sela, self.config.cluster.k
+        n_heads = features.shape[1] // k
+        if features.shape[1] != n_heads * k:
+            raise ValueError(f"SeLa.assign: {features.shape[1]} values per image is not a multiple of k={k}")
+        per_head = features.reshape(features.shape[0], n_heads, k)
+        device = resolve_device(self.config.run.device)
+        chunk_rows = default_chunk_rows(k, sela.chunk_mb)
+        results = [
+            sinkhorn_labels(
+                per_head[:, h, :], self.lam, tolerance=sela.tolerance, check_every=sela.check_every,
+                max_iters=sela.max_iters, chunk_rows=chunk_rows, device=device, seed=derive_seed(seed, "head", h),
+            )
+            for h in range(n_heads)
+        ]  # fmt: skip
+        labels = np.stack([r.labels for r in results], axis=1)
+        sizes = np.stack([np.bincount(r.labels, minlength=k) for r in results])
+        return Assignment(
+            labels=labels,
+            n_classes=k,
+            stats={
+                "sinkhorn_loss": float(np.mean([r.cross_entropy for r in results])),
+                "sinkhorn_iters": float(np.mean([r.iterations for r in results])),
+                "sinkhorn_unconverged": int(sum(not r.converged for r in results)),
+                "n_empty": int((sizes == 0).sum()),
+                "smallest": int(sizes.min()),
+                "largest": int(sizes.max()),
+            },
+        )
+
+    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
+        n_heads = assignment.labels.shape[1] if assignment.labels.ndim == 2 else 1
+        return MultiHead(feature_dim, assignment.n_classes, n_heads, generator=generator)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multi_head_loss(outputs, targets)
+
+
+def multi_head_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over heads of each head's cross-entropy: outputs [B, H, K] logits, targets [B, H] class ids."""
+    if outputs.ndim != 3 or targets.shape != outputs.shape[:2]:
+        raise ValueError(
+            f"multi_head_loss: outputs {tuple(outputs.shape)} and targets {tuple(targets.shape)} do not match "
+            "([B, H, K] and [B, H])"
+        )
+    return nn.functional.cross_entropy(outputs.float().flatten(0, 1), targets.flatten())

@@ -1,0 +1,67 @@
+"""Label transfer: train any architecture on the labels another run produced (as SeLa's paper moves labels from one
+network to another). The labels are fixed: one assignment at the start, heads kept, one head per label column."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.engine.run_dir import read_labels_csv
+from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.sela import multi_head_loss
+from deepcluster.models import MultiHead
+
+
+class Transfer(Method):
+    """Labels: read from `transfer.labels` (a labels.csv); heads: one linear head per label column."""
+
+    name = "transfer"
+    fresh_heads = False
+    uses_k = False
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        assert config.transfer.labels is not None
+        self.table = read_labels_csv(config.transfer.labels)
+
+    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
+        return [0]
+
+    def initial_assignment(self, indices: np.ndarray, name_of: Callable[[int], str], seed: int) -> Assignment:
+        """The labels of the images in `indices` (source indices of the readable images), checked by name."""
+        path = self.config.transfer.labels
+        row_of = {int(index): row for row, index in enumerate(self.table.indices)}
+        rows = np.empty(len(indices), dtype=np.int64)
+        for position, index in enumerate(indices):
+            row = row_of.get(int(index))
+            if row is None:
+                raise ConfigError(
+                    f"--labels {path}: has no label for image {name_of(int(index))!r} (index {int(index)}); train "
+                    "on the same --data as the run that wrote it"
+                )
+            if self.table.names[row] != name_of(int(index)):
+                raise ConfigError(
+                    f"--labels {path}: row for index {int(index)} names {self.table.names[row]!r} but --data has "
+                    f"{name_of(int(index))!r} there; train on the same --data as the run that wrote it"
+                )
+            rows[position] = row
+        labels = self.table.labels[rows]
+        n_classes = int(self.table.labels.max()) + 1
+        return Assignment(labels=labels if labels.shape[1] > 1 else labels[:, 0], n_classes=n_classes)
+
+    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("transfer: labels are given, nothing is extracted")
+
+    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+        raise RuntimeError("transfer: labels are given, they are never reassigned")
+
+    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
+        n_heads = assignment.labels.shape[1] if assignment.labels.ndim == 2 else 1
+        return MultiHead(feature_dim, assignment.n_classes, n_heads, generator=generator)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return multi_head_loss(outputs, targets.reshape(outputs.shape[:2]))
