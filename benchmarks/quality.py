@@ -9,6 +9,7 @@ the method's own PCA + k-means on its features).
 
     python benchmarks/quality.py --minutes 30 --epochs 4           # default preset, at most 30 min of training
     python benchmarks/quality.py --epochs 2 --limit 5000 --probe-epochs 1   # a quick check on a subset
+    python benchmarks/quality.py --method sela --epochs 4 --limit 10000     # SeLa at the same budget
 """
 
 from __future__ import annotations
@@ -30,12 +31,12 @@ from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
-from deepcluster.engine.seeding import derive_seed, seed_everything
+from deepcluster.engine.seeding import derive_seed, seed_everything, torch_generator
 from deepcluster.engine.trainer import train
 from deepcluster.evaluate.metrics import clustering_report
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
-from deepcluster.methods import build_method
+from deepcluster.methods import build_method, primary_labels
 from deepcluster.models import build_backbone
 from jpeg_archives import archive_rows
 
@@ -58,7 +59,8 @@ def subset_archive(path: Path, limit: int, seed: int, folder: Path) -> Path:
 
 
 def random_init_clustering(config, seed: int) -> dict[str, float]:
-    """The method's clustering (PCA-whitening + k-means) of a randomly initialised network's features."""
+    """The method's labels for a randomly initialised network (DeepCluster: PCA-whitening + k-means of its
+    features; SeLa: Sinkhorn on the outputs of freshly initialised heads)."""
     source = open_source(config.data.data, split=config.data.split)
     decoded = decode_images(source, config.data.resize, progress=False, inner_size=config.data.input_size)
     precision = Precision(torch.device(config.run.device), config.run.precision)
@@ -66,8 +68,17 @@ def random_init_clustering(config, seed: int) -> dict[str, float]:
     network = build_backbone(config.model.arch, sobel=config.model.sobel, input_size=config.data.input_size)
     network = network.to(precision.device).to(memory_format=torch.channels_last).eval()
     view = ClusterView(config.data.input_size, config.data.mean, config.data.std)
-    features = extract_features(network, decoded.images, view, 256, precision)
-    labels = build_method(config).assign(features, seed=derive_seed(seed, "benchmark")).labels
+    method = build_method(config)
+    heads = None
+    if not method.fresh_heads:  # a method that labels from its own heads' outputs
+        start = method.initial_assignment(decoded.indices, source.name, seed)
+        heads = (
+            method.build_heads(network.feature_dim, start, torch_generator(seed)).to(precision.device).eval()
+        )
+    features = extract_features(
+        lambda x: method.extract(network, heads, x), decoded.images, view, 256, precision
+    )
+    labels = primary_labels(method.assign(features, seed=derive_seed(seed, "benchmark")).labels)
     return clustering_report(labels, np.asarray(source.labels)[decoded.indices])
 
 
@@ -77,6 +88,7 @@ def main() -> None:
     )
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a JPEG-bytes archive with train and test")
     parser.add_argument("--preset", default="default")
+    parser.add_argument("--method", default="deepcluster", help="deepcluster or sela")
     parser.add_argument("--epochs", type=int, help="epochs (the lr schedule's length); default: the preset's")
     parser.add_argument(
         "--minutes", type=float, help="time budget: stop before an epoch that would overrun it"
@@ -103,6 +115,7 @@ def main() -> None:
         run["epochs"] = args.epochs
     if args.k:
         overrides.setdefault("cluster", {})["k"] = args.k
+    overrides["method"] = args.method
     config = apply_overrides(preset_config(args.preset), overrides, origin="benchmark")
 
     started = time.perf_counter()

@@ -28,9 +28,9 @@ def npz_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_pattern_npz(tmp_path_factory.mktemp("sela-data") / "patterns.npz")
 
 
-def sela_config(data: Path, out: Path, **sections: dict):
+def sela_config(path: Path, out: Path, **sections: dict):
     config = small_config(
-        data, out, sela={"heads": HEADS, "updates": 4, **sections.pop("sela", {})}, **sections
+        path, out, sela={"heads": HEADS, "updates": 4, **sections.pop("sela", {})}, **sections
     )
     config.method = "sela"
     return config
@@ -213,3 +213,15 @@ def test_transfer_refuses_labels_of_other_data(npz_data: Path, sela_run: Path, t
 def test_labels_and_another_method_do_not_mix(npz_data: Path, tmp_path: Path, capsys) -> None:
     code = main(["train", "--labels", "x.csv", "--method", "sela", "--data", str(npz_data), "--no-progress"])
     assert code == 2 and "--labels" in capsys.readouterr().err
+
+
+def test_memory_mapped_outputs_give_the_same_run_and_are_removed(
+    npz_data: Path, sela_run: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    config = sela_config(npz_data, tmp_path / "run")
+    config.data.memory_limit_gb, config.data.cache_dir = 1e-6, str(cache)
+    result = train(config)
+    assert np.array_equal(result.labels, np.load(sela_run / "labels" / "epoch_001.npy"))
+    assert "memory-mapped" in (tmp_path / "run" / "train.log").read_text()
+    assert not any(cache.iterdir())

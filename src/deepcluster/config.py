@@ -44,7 +44,8 @@ class DataConfig:
     decode_threads: int | None = None
     """Threads decoding images; None: all cores."""
     memory_limit_gb: float = 16.0
-    """Largest decoded-image cache (uint8) kept in RAM; a larger one is a memory-mapped file in cache_dir."""
+    """Largest decoded-image cache (uint8) and extracted-values array (float32) kept in RAM; a larger one is a
+    memory-mapped file in cache_dir."""
     cache_dir: str | None = None
     """Folder of the memory-mapped cache; None: the run directory (the file is removed when the run ends)."""
 

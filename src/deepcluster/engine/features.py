@@ -20,11 +20,13 @@ def extract_features(
     precision: Precision,
     progress: bool = False,
     desc: str = "features",
+    allocate: Callable[[int, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Apply `view` then `forward` to every image, batch by batch; float32 [N, D] on the host.
 
     The caller puts its modules in eval mode; `images` are uint8 [N, 3, S, S], on the host or already on the
-    device (see `images_on_device`).
+    device (see `images_on_device`). `allocate(N, D)` gives the output array (e.g. a memory-mapped file when it
+    would not fit in RAM); default: `np.empty`.
     """
     n = images.shape[0]
     out: np.ndarray | None = None  # allocated once the first batch shows D: no list of chunks to concatenate
@@ -37,10 +39,19 @@ def extract_features(
         with precision.autocast():
             y = forward(x).float().flatten(1).cpu().numpy()
         if out is None:
-            out = np.empty((n, y.shape[1]), dtype=np.float32)
+            out = (allocate or _allocate_in_memory)(n, y.shape[1])
         out[start : start + y.shape[0]] = y
         bar.update(batch.shape[0])
     bar.close()
     if out is None:
         raise ValueError("extract_features: no images to extract features from")
     return out
+
+
+def _allocate_in_memory(n: int, d: int) -> np.ndarray:
+    return np.empty((n, d), dtype=np.float32)
+
+
+def all_finite(array: np.ndarray, rows: int = 16384) -> bool:
+    """True when every value is finite; reads `rows` rows at a time, so a memory-mapped array stays on disk."""
+    return all(bool(np.isfinite(array[start : start + rows]).all()) for start in range(0, len(array), rows))

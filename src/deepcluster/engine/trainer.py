@@ -40,7 +40,7 @@ from deepcluster.engine.checkpoint import (
     save_checkpoint,
 )
 from deepcluster.engine.device import Precision, images_on_device, resolve_device, resolve_precision
-from deepcluster.engine.features import extract_features
+from deepcluster.engine.features import all_finite, extract_features
 from deepcluster.engine.run_dir import RunDir
 from deepcluster.engine.seeding import (
     capture_rng_state,
@@ -256,6 +256,26 @@ class Trainer:
             self.steps_per_epoch,
         )
 
+    def _cache_folder(self) -> Path:
+        data = self.config.data
+        return Path(data.cache_dir) if data.cache_dir else self.run_dir.root / "cache"
+
+    def _allocate_features(self, n: int, d: int) -> np.ndarray:
+        """Room for N x D float32 extracted values: in RAM up to data.memory_limit_gb, else a memory-mapped file
+        in the cache folder (removed after the assignment)."""
+        limit = self.config.data.memory_limit_gb
+        if n * d * 4 <= limit * 1e9:
+            return np.empty((n, d), dtype=np.float32)
+        path = self._cache_folder() / f"features-{self.run_dir.root.name}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.info(
+            "extracted values (%.1f GB) exceed data.memory_limit_gb=%g: memory-mapped %s",
+            n * d * 4e-9,
+            limit,
+            path,
+        )
+        return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+
     def _cache_file(self, n_images: int) -> Path | None:
         """Where the decoded images go when they exceed data.memory_limit_gb; None: they stay in RAM."""
         data = self.config.data
@@ -263,8 +283,7 @@ class Trainer:
         needed = n_images * 3 * size * size
         if needed <= data.memory_limit_gb * 1e9:
             return None
-        folder = Path(data.cache_dir) if data.cache_dir else self.run_dir.root / "cache"
-        path = folder / f"decoded-{self.run_dir.root.name}.npy"
+        path = self._cache_folder() / f"decoded-{self.run_dir.root.name}.npy"
         log.info(
             "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: memory-mapped cache %s",
             needed / 1e9, data.memory_limit_gb, path,
@@ -390,18 +409,19 @@ class Trainer:
             assignment = self.method.initial_assignment(
                 self.decoded.indices, self.source.name, derive_seed(cfg.run.seed, "initial")
             )
-        features = None
+        extracted = started
         if assignment is None:
             features = self._extract(epoch)
-        extracted = time.perf_counter()
-        if features is not None:
-            key = (
-                (epoch,) if state.step == 0 else (epoch, state.step)
-            )  # epoch-start seeds as before multi-updates
+            extracted = time.perf_counter()
+            # Seeds of epoch-start updates are those of the single-update engine, so older runs reproduce.
+            key = (epoch,) if state.step == 0 else (epoch, state.step)
             assignment = self.method.assign(features, seed=derive_seed(cfg.run.seed, "assign", *key))
             if cfg.run.save_features:
                 atomic_save_numpy(self.run_dir.features, features)
-        assert assignment is not None
+            if isinstance(features, np.memmap):
+                path = Path(features.filename)
+                del features
+                path.unlink(missing_ok=True)
         assigned = time.perf_counter()
         state.prev_labels = state.labels
         state.labels = assignment.labels
@@ -434,8 +454,9 @@ class Trainer:
             precision=self.precision,
             progress=cfg.run.progress,
             desc=f"epoch {epoch} features",
+            allocate=self._allocate_features,
         )
-        if not np.isfinite(features).all():
+        if not all_finite(features):
             self._diverged("the clustering features became NaN or infinite")
         return features
 
