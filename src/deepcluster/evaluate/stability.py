@@ -46,7 +46,8 @@ def epoch_stability(run_dir: str | Path) -> list[tuple[int, float]]:
     previous: np.ndarray | None = None
     previous_path: Path | None = None
     for epoch, path in files:
-        labels = np.load(path).ravel()
+        loaded = np.load(path)
+        labels = loaded[:, 0] if loaded.ndim == 2 else loaded.ravel()
         if previous is not None:
             if len(labels) != len(previous):
                 raise ValueError(
