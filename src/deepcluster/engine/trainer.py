@@ -479,7 +479,6 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> None:
         cfg = self.config
         state = self.state
-        started = time.perf_counter()
         self._run_due_updates(epoch)
         if state.labels is None or self.heads is None or self.head_optimizer is None:
             raise RuntimeError(f"method {self.method.name} scheduled no label assignment before step 0")
@@ -492,7 +491,7 @@ class Trainer:
         self.backbone.train()
         self.heads.train()
         device = self.precision.device
-        updating = time.perf_counter() - started
+        updating = 0.0  # seconds of label updates inside the loop, not counted as training
         started = time.perf_counter()
         bar = tqdm(
             total=self.steps_per_epoch,
