@@ -52,5 +52,7 @@ def test_single_epoch_gives_no_pairs_and_length_mismatch_raises(tmp_path):
 
 def test_several_heads_compare_the_first_head(tmp_path):
     _write(tmp_path / "labels", 0, [[0, 0], [0, 1], [1, 0], [1, 1]])
-    _write(tmp_path / "labels", 1, [[1, 0], [1, 0], [0, 1], [0, 1]])  # head 0 renamed (NMI 1), head 1 unrelated
+    _write(
+        tmp_path / "labels", 1, [[1, 0], [1, 0], [0, 1], [0, 1]]
+    )  # head 0 renamed (NMI 1), head 1 unrelated
     assert epoch_stability(tmp_path)[0][1] == pytest.approx(1.0)

@@ -225,3 +225,14 @@ def test_memory_mapped_outputs_give_the_same_run_and_are_removed(
     assert np.array_equal(result.labels, np.load(sela_run / "labels" / "epoch_001.npy"))
     assert "memory-mapped" in (tmp_path / "run" / "train.log").read_text()
     assert not any(cache.iterdir())
+
+
+def test_method_sela_from_the_command_line(npz_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(
+        ["train", "--method", "sela", "--data", str(npz_data), "--out", str(out), "--k", "8", "--epochs", "1",
+         "--batch-size", "32", "--set", "sela.heads=2", "--no-progress", "-q"]
+    )  # fmt: skip
+    assert code == 0 and "nmi_true=" in capsys.readouterr().out
+    with (out / "labels.csv").open() as handle:
+        assert next(csv.reader(handle))[2:4] == ["cluster", "cluster_h1"]
