@@ -74,7 +74,8 @@ class _Chunks:
 
     def _load(self, start: int, stop: int) -> torch.Tensor:
         block = self.source[start:stop]
-        block = torch.as_tensor(np.ascontiguousarray(block)) if isinstance(block, np.ndarray) else block
+        if isinstance(block, np.ndarray):  # a float64 copy: also right for read-only memory maps
+            block = torch.from_numpy(np.array(block, dtype=np.float64))
         scores = block.to(self.device, torch.float64) * self.lam
         if not bool(torch.isfinite(scores).all()):
             raise ValueError(
