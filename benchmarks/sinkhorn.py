@@ -5,6 +5,10 @@ iterations on it in chunks of `--chunk-mb` and reports seconds per iteration and
 memory (RssAnon, sampled every 20 ms: the file's own pages are the page cache's, not the process's heap).
 
     python benchmarks/sinkhorn.py --n 200000 --k 3000 --iters 20
+    python benchmarks/sinkhorn.py --balance      # cluster sizes of the argmax against the sharpness of P
+
+With --balance: for low-rank random logits (N = 10,000, K = 100) at several scales, the smallest and largest
+cluster of the labels, for lambda 10 and 25: the argmax of the balanced plan is balanced only once P is sharp.
 """
 
 from __future__ import annotations
@@ -31,6 +35,20 @@ def anon_rss_mb() -> float:
     return float("nan")
 
 
+def balance_table() -> None:
+    """Smallest and largest cluster of Sinkhorn's labels as P sharpens (N = 10,000, K = 100, 100 per cluster)."""
+    rng = np.random.default_rng(0)
+    n, k = 10_000, 100
+    print("logit_scale  lambda  iterations  smallest  largest")
+    for scale in (0.05, 0.2, 1.0, 3.0):
+        logits = rng.normal(size=(n, 8)) @ rng.normal(size=(8, k)) * scale
+        log_probs = torch.log_softmax(torch.as_tensor(logits), dim=1).numpy()
+        for lam in (10.0, 25.0):
+            result = sinkhorn_labels(log_probs, lam)
+            sizes = np.bincount(result.labels, minlength=k)
+            print(f"{scale:11.2f}  {lam:6.0f}  {result.iterations:10d}  {sizes.min():8d}  {sizes.max():7d}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -40,7 +58,11 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--chunk-mb", type=float, default=256.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--balance", action="store_true", help="only the balance table")
     args = parser.parse_args()
+    if args.balance:
+        balance_table()
+        return
 
     folder = Path(tempfile.mkdtemp(prefix="deepcluster-sinkhorn-"))
     path = folder / "log_probs.npy"
