@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--k", type=int, default=3000)
     parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--chunk-mb", type=float, default=256.0)
+    parser.add_argument("--chunk-mb", type=float, default=64.0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--balance", action="store_true", help="only the balance table")
     args = parser.parse_args()

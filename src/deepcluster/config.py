@@ -103,7 +103,7 @@ class SelaConfig:
     check_every: int = 10
     """Iterations between two convergence checks."""
     max_iters: int = 1000
-    chunk_mb: float = 256.0
+    chunk_mb: float = 64.0
     """Rows of P are processed in float64 chunks of about this size; bounds Sinkhorn's working memory."""
     view: str = "cluster"
     """Which view P is computed on: cluster (centre crop) or train (the augmented crops)."""

@@ -6,8 +6,8 @@ finds the scalings by alternating row and column normalisation. Labels are argma
 
 Everything runs in float64 in the log domain (log alpha, log beta, lambda * log P), so neither a near one-hot P nor a
 large lambda over- or underflows. P is read in chunks of rows, converted to float64 on the fly: the working memory is
-about three chunks of `chunk_rows x K` float64 plus a few vectors of N, whatever the size of P (which may be a
-memory-mapped array on disk).
+about six chunks of `chunk_rows x K` float64 (the copy, the scaled scores, logsumexp's temporaries) plus a few vectors
+of N, whatever the size of P (which may be a memory-mapped array on disk).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class SinkhornResult:
     """Mean -log P[i, label_i]: the self-labelling objective of the hard labels."""
 
 
-def default_chunk_rows(n_clusters: int, chunk_mb: float = 256.0) -> int:
+def default_chunk_rows(n_clusters: int, chunk_mb: float = 64.0) -> int:
     """Rows per chunk so that one float64 chunk of K columns takes about `chunk_mb` megabytes."""
     return max(1, int(chunk_mb * 1e6 // (8 * n_clusters)))
 
@@ -104,7 +104,7 @@ def sinkhorn_labels(
     Alternates the row scaling (each sample's mass 1/N) and the column scaling (each cluster's mass 1/K) of
     P^lam until the column scaling changes by less than `tolerance` (sum over clusters of |beta_old/beta_new - 1|,
     measured every `check_every` iterations) or `max_iters` is reached. `chunk_rows` bounds the memory (default:
-    256 MB of float64 per chunk); the result does not depend on it beyond float rounding. The same input and seed
+    64 MB of float64 per chunk); the result does not depend on it beyond float rounding. The same input and seed
     give the same labels.
     """
     _check_input(log_probs, lam, tolerance, check_every)
