@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+SMALL_INPUT_LIMIT = 96
+"""Inputs of at most this many pixels are "small images": their own size, small-input models, SeLa's lambda 10."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

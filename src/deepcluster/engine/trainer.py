@@ -14,6 +14,7 @@ and labels as one that never stopped (same seed, same device and thread count).
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import logging
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from deepcluster.config import ConfigError, TrainConfig, dump_config
+from deepcluster.config import SMALL_INPUT_LIMIT, ConfigError, TrainConfig, dump_config
 from deepcluster.data.decode import DecodedImages, decode_images
 from deepcluster.data.sources import ImageSource, open_source
 from deepcluster.data.views import ClusterView, TrainView
@@ -56,7 +57,6 @@ from deepcluster.models import build_backbone
 log = logging.getLogger("deepcluster")
 
 CHECKPOINT_VERSION = 2
-SMALL_INPUT_LIMIT = 96
 
 
 class TrainingDiverged(RuntimeError):
@@ -260,40 +260,35 @@ class Trainer:
         data = self.config.data
         return Path(data.cache_dir) if data.cache_dir else self.run_dir.root / "cache"
 
+    def _spill_file(self, stem: str, what: str, n_bytes: int) -> Path | None:
+        """Where an array of `n_bytes` (`what`, for the log) goes when it exceeds data.memory_limit_gb: the cache
+        folder's `<stem>-<run>.npy`; None: it stays in RAM."""
+        limit = self.config.data.memory_limit_gb
+        if n_bytes <= limit * 1e9:
+            return None
+        path = self._cache_folder() / f"{stem}-{self.run_dir.root.name}.npy"
+        log.info(
+            "%s (%.1f GB) exceed data.memory_limit_gb=%g: memory-mapped %s", what, n_bytes / 1e9, limit, path
+        )
+        return path
+
     def _allocate_features(self, n: int, d: int) -> np.ndarray:
         """Room for N x D float32 extracted values: in RAM up to data.memory_limit_gb, else a memory-mapped file
         in the cache folder (removed after the assignment)."""
-        limit = self.config.data.memory_limit_gb
-        if n * d * 4 <= limit * 1e9:
+        path = self._spill_file("features", "extracted values", n * d * 4)
+        if path is None:
             return np.empty((n, d), dtype=np.float32)
-        path = self._cache_folder() / f"features-{self.run_dir.root.name}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
-        log.info(
-            "extracted values (%.1f GB) exceed data.memory_limit_gb=%g: memory-mapped %s",
-            n * d * 4e-9,
-            limit,
-            path,
-        )
         return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
 
     def _cache_file(self, n_images: int) -> Path | None:
         """Where the decoded images go when they exceed data.memory_limit_gb; None: they stay in RAM."""
-        data = self.config.data
-        size = int(data.resize or 0)
-        needed = n_images * 3 * size * size
-        if needed <= data.memory_limit_gb * 1e9:
-            return None
-        path = self._cache_folder() / f"decoded-{self.run_dir.root.name}.npy"
-        log.info(
-            "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: memory-mapped cache %s",
-            needed / 1e9, data.memory_limit_gb, path,
-        )  # fmt: skip
-        return path
+        size = int(self.config.data.resize or 0)
+        return self._spill_file("decoded", "decoded images", n_images * 3 * size * size)
 
     def _teardown(self) -> None:
-        if (
-            self._cache_path is not None
-        ):  # a mapped file can be unlinked on POSIX: pages stay valid while in use
+        # A mapped file can be unlinked on POSIX: its pages stay valid while in use.
+        if self._cache_path is not None:
             self._cache_path.unlink(missing_ok=True)
         if self._writer is not None:
             self._writer.close()
@@ -390,8 +385,7 @@ class Trainer:
         Several due updates collapse into one. Each update is followed by a checkpoint. Returns True if one ran.
         """
         state = self.state
-        now = epoch * self.steps_per_epoch + state.step
-        due = sum(1 for s in self.schedule if s <= now)
+        due = bisect.bisect_right(self.schedule, epoch * self.steps_per_epoch + state.step)
         if due <= state.updates_done:
             return False
         self._update_labels(epoch)
@@ -544,10 +538,10 @@ class Trainer:
                 self.on_step(self)
         bar.close()
         spent = time.perf_counter() - started - updating
-        if epoch == cfg.run.epochs - 1:
-            self._run_due_updates(
-                epoch
-            )  # an update scheduled after the last step: the trained network's labels
+        if (
+            epoch == cfg.run.epochs - 1
+        ):  # an update scheduled after the last step: the trained network's labels
+            self._run_due_updates(epoch)
         state.record["seconds_train"] = state.record.get("seconds_train", 0.0) + spent
 
     def _finish_epoch(self, epoch: int) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from deepcluster.cluster.sinkhorn import balanced_random_labels, default_chunk_rows, sinkhorn_labels
-from deepcluster.config import TrainConfig
+from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig
 from deepcluster.data.samplers import shuffled_sample
 from deepcluster.engine.device import resolve_device
 from deepcluster.engine.seeding import derive_seed
@@ -23,12 +23,11 @@ from deepcluster.models import MultiHead
 
 SMALL_IMAGE_LAMBDA = 10.0
 LAMBDA = 25.0
-SMALL_IMAGE_LIMIT = 96
 
 
 def default_lambda(input_size: int | None) -> float:
     """The paper's lambda: 25, or 10 for small images (at most 96 px)."""
-    return SMALL_IMAGE_LAMBDA if input_size is not None and input_size <= SMALL_IMAGE_LIMIT else LAMBDA
+    return SMALL_IMAGE_LAMBDA if input_size is not None and input_size <= SMALL_INPUT_LIMIT else LAMBDA
 
 
 def update_steps(total_steps: int, updates: int, spacing: str) -> list[int]:
@@ -118,11 +117,16 @@ class SeLa(Method):
         )
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
-        n_heads = assignment.labels.shape[1] if assignment.labels.ndim == 2 else 1
-        return MultiHead(feature_dim, assignment.n_classes, n_heads, generator=generator)
+        return multi_head_for(feature_dim, assignment, generator)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return multi_head_loss(outputs, targets)
+
+
+def multi_head_for(feature_dim: int, assignment: Assignment, generator: torch.Generator) -> MultiHead:
+    """One linear head of `n_classes` outputs per label column of the assignment ([N] labels: one head)."""
+    n_heads = assignment.labels.shape[1] if assignment.labels.ndim == 2 else 1
+    return MultiHead(feature_dim, assignment.n_classes, n_heads, generator=generator)
 
 
 def multi_head_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,7 @@ from torch import nn
 from deepcluster.config import ConfigError, TrainConfig
 from deepcluster.engine.run_dir import read_labels_csv
 from deepcluster.methods.base import Assignment, Method
-from deepcluster.methods.sela import multi_head_loss
-from deepcluster.models import MultiHead
+from deepcluster.methods.sela import multi_head_for, multi_head_loss
 
 
 class Transfer(Method):
@@ -60,8 +59,7 @@ class Transfer(Method):
         raise RuntimeError("transfer: labels are given, they are never reassigned")
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
-        n_heads = assignment.labels.shape[1] if assignment.labels.ndim == 2 else 1
-        return MultiHead(feature_dim, assignment.n_classes, n_heads, generator=generator)
+        return multi_head_for(feature_dim, assignment, generator)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return multi_head_loss(outputs, targets.reshape(outputs.shape[:2]))
