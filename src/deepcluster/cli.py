@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ TRAIN_FLAGS: dict[str, tuple[str, str]] = {
     "input_size": ("data", "input_size"),
     "arch": ("model", "arch"),
     "k": ("cluster", "k"),
+    "super_clusters": ("deepercluster", "super_clusters"),
     "epochs": ("run", "epochs"),
     "batch_size": ("optim", "batch_size"),
     "epoch_size": ("optim", "epoch_size"),
@@ -46,10 +48,10 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train a network by alternating clustering and classification",
-        description="Train DeepCluster, SeLa, or any architecture on a run's labels (--labels). With no --data, "
-        "runs on the embedded CIFAR-10 test split (10,000 images).",
+        description="Train DeepCluster, DeeperCluster, SeLa, or any architecture on a run's labels (--labels). "
+        "With no --data, runs on the embedded CIFAR-10 test split (10,000 images).",
     )
-    p.add_argument("--method", help="deepcluster (default) or sela")
+    p.add_argument("--method", help="deepcluster (default), deepercluster or sela")
     p.add_argument(
         "--labels",
         metavar="LABELS_CSV",
@@ -67,6 +69,19 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
         "--input-size", type=int, help="side of the network's input in pixels (default: from data)"
     )
     p.add_argument("--k", type=int, help="number of clusters")
+    p.add_argument(
+        "--super-clusters", type=int, help="deepercluster: super-clusters m (k must be a multiple; default 4)"
+    )
+    p.add_argument(
+        "--no-rotations",
+        action="store_true",
+        help="deepercluster: no rotation targets (hierarchical k-means only)",
+    )
+    p.add_argument(
+        "--distributed-kmeans",
+        action="store_true",
+        help="under torchrun: k-means over the processes' shards (all-reduced) instead of gathering the features",
+    )
     p.add_argument("--epochs", type=int, help="number of epochs")
     p.add_argument("--batch-size", type=int, help="training batch size")
     p.add_argument("--epoch-size", type=int, help="images drawn per epoch (default: data set size)")
@@ -136,6 +151,10 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
         flags.setdefault("run", {})["save_features"] = True
     if args.no_sobel:
         flags.setdefault("model", {})["sobel"] = False
+    if args.distributed_kmeans:
+        flags.setdefault("cluster", {})["distributed_kmeans"] = True
+    if args.no_rotations:
+        flags.setdefault("deepercluster", {})["rotations"] = False
     if args.no_progress:
         flags.setdefault("run", {})["progress"] = False
     return apply_overrides(config, flags, origin="command line")
@@ -151,7 +170,16 @@ def _run_train(args: argparse.Namespace) -> int:
         given = {flag for flag in TRAIN_FLAGS if getattr(args, flag) is not None}
         given |= {name for name in ("config", "preset", "method", "labels") if getattr(args, name)}
         given |= {
-            name for name in ("download", "save_features", "no_sobel", "no_progress") if getattr(args, name)
+            name
+            for name in (
+                "download",
+                "save_features",
+                "no_sobel",
+                "no_rotations",
+                "distributed_kmeans",
+                "no_progress",
+            )
+            if getattr(args, name)
         }
         if args.set:
             given.add("set")
@@ -171,6 +199,8 @@ def _run_train(args: argparse.Namespace) -> int:
         result = resume(args.resume, epochs=args.epochs, **overrides)
     else:
         result = train(build_train_config(args))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process reports for all
+        return 0
     last = result.history[-1] if result.history else {}
     print(f"run directory: {result.run_dir}")
     if last:

@@ -82,10 +82,16 @@ class ClusterConfig:
     pca_sample: int | None = None
     """Train the PCA on this many images (None: all of them)."""
     kmeans_iters: int = 20
+    kmeans_sample: int | None = None
+    """Train k-means on this many points drawn at random, then assign every point in batches (None: train on
+    all of them). Bounds k-means' time and memory on large collections."""
     kmeans_backend: str = "auto"
     """faiss (CPU), torch (on the run's device) or auto: torch on a CUDA run, faiss otherwise."""
-    recluster_every: int = 1
-    """Epochs between two clusterings."""
+    recluster_every: int | None = None
+    """Epochs between two clusterings; None: the method's own (DeepCluster 1, DeeperCluster 3, as the papers)."""
+    distributed_kmeans: bool = False
+    """Under torchrun: cluster with a k-means that all-reduces sums and counts over the processes' shards of the
+    features (DeepCluster), instead of gathering every feature on the first process for faiss."""
 
 
 @dataclass
@@ -109,6 +115,18 @@ class SelaConfig:
     """Rows of P are processed in float64 chunks of about this size; bounds Sinkhorn's working memory."""
     view: str = "cluster"
     """Which view P is computed on: cluster (centre crop) or train (the augmented crops)."""
+
+
+@dataclass
+class DeeperClusterConfig:
+    """DeeperCluster (Caron et al., 2019): (rotation, cluster) targets, clustered hierarchically."""
+
+    super_clusters: int = 4
+    """m: k-means first splits the data into m super-clusters, then each into k / m sub-clusters (1: flat)."""
+    rotations: bool = True
+    """Show each image rotated by 0, 90, 180 or 270 degrees and predict the rotation with the cluster; the
+    super-classes are the (super-cluster, rotation) pairs, 4m of them. False: DeepCluster with hierarchical
+    k-means."""
 
 
 @dataclass
@@ -159,6 +177,9 @@ class RunConfig:
     `epochs`); None: run every epoch."""
     threads: int | None = None
     """CPU threads for torch and faiss; None: their defaults."""
+    dist_timeout_minutes: float = 180.0
+    """Under torchrun: how long a process waits for the others in one collective (the first process decodes
+    and clusters while the others wait)."""
 
 
 @dataclass
@@ -172,6 +193,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sela: SelaConfig = field(default_factory=SelaConfig)
+    deepercluster: DeeperClusterConfig = field(default_factory=DeeperClusterConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -185,7 +207,7 @@ class TrainConfig:
         validate_config(self)
 
 
-METHODS = ("deepcluster", "sela", "transfer")
+METHODS = ("deepcluster", "deepercluster", "sela", "transfer")
 SELA_SPACINGS = ("quadratic", "linear")
 SELA_VIEWS = ("cluster", "train")
 SCHEDULES = ("constant", "cosine")
@@ -222,6 +244,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "cluster": ClusterConfig,
     "sela": SelaConfig,
+    "deepercluster": DeeperClusterConfig,
     "transfer": TransferConfig,
     "optim": OptimConfig,
     "run": RunConfig,
@@ -325,7 +348,9 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError(
             f"cluster.kmeans_backend={config.cluster.kmeans_backend!r}: choose from {', '.join(KMEANS_BACKENDS)}"
         )
-    _positive(config.cluster.recluster_every, "cluster.recluster_every")
+    _positive(config.cluster.recluster_every, "cluster.recluster_every", allow_none=True)
+    _positive(config.cluster.kmeans_sample, "cluster.kmeans_sample", allow_none=True)
+    _validate_deepercluster(config)
     _validate_sela(config.sela)
     if config.method == "transfer" and not config.transfer.labels:
         raise ConfigError("--method transfer needs --labels RUN_DIR/labels.csv (transfer.labels)")
@@ -354,6 +379,8 @@ def validate_config(config: TrainConfig) -> None:
     if config.run.checkpoint_every < 0:
         raise ConfigError(f"run.checkpoint_every={config.run.checkpoint_every}: must be >= 0")
     _positive(config.run.threads, "run.threads", allow_none=True)
+    if not float(config.run.dist_timeout_minutes) > 0:
+        raise ConfigError(f"run.dist_timeout_minutes={config.run.dist_timeout_minutes}: must be > 0")
     if config.run.max_minutes is not None and not float(config.run.max_minutes) > 0:
         raise ConfigError(f"run.max_minutes={config.run.max_minutes}: must be > 0 (or unset for no budget)")
     device = config.run.device
@@ -393,3 +420,13 @@ def _validate_sela(sela: SelaConfig) -> None:
         raise ConfigError(f"sela.spacing={sela.spacing!r}: choose from {', '.join(SELA_SPACINGS)}")
     if sela.view not in SELA_VIEWS:
         raise ConfigError(f"sela.view={sela.view!r}: choose from {', '.join(SELA_VIEWS)}")
+
+
+def _validate_deepercluster(config: TrainConfig) -> None:
+    deeper = config.deepercluster
+    _positive(deeper.super_clusters, "deepercluster.super_clusters")
+    if config.method == "deepercluster" and config.cluster.k % deeper.super_clusters:
+        raise ConfigError(
+            f"--k {config.cluster.k} is not a multiple of deepercluster.super_clusters={deeper.super_clusters}: "
+            "every super-cluster is split into k / m sub-clusters; choose k as a multiple of m"
+        )

@@ -6,6 +6,7 @@ classification head), so `kmeans` repairs empty clusters after the final assignm
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
@@ -193,3 +194,35 @@ def kmeans(
     labels, centroids, n_empty = fill_empty_clusters(arr, labels, centroids, seed=seed)
     loss = losses[-1] if losses else float("nan")
     return KMeansResult(labels=labels, centroids=centroids, loss=loss, n_empty=n_empty, losses=losses)
+
+
+def kmeans_on_sample(
+    x: np.ndarray,
+    k: int,
+    sample_size: int | None,
+    seed: int,
+    fit: Callable[[np.ndarray], KMeansResult],
+) -> KMeansResult:
+    """k-means trained on `sample_size` random rows of `x`, then every row labelled by its nearest centroid.
+
+    `fit` trains k-means on the rows it is given (e.g. ``lambda rows: kmeans(rows, k, seed=seed)``). With
+    `sample_size` None or >= N it is simply ``fit(x)``. Otherwise the rows are drawn without replacement with
+    ``np.random.default_rng(seed)`` (kept in their original order), every row of `x` is assigned in batches, and
+    clusters left empty are filled (`fill_empty_clusters`). `loss` and `losses` are the trained fit's (on the
+    sample); `n_empty` counts the clusters empty after assigning every row.
+    """
+    n = len(x)
+    if sample_size is None or sample_size >= n:
+        return fit(x)
+    if sample_size < k:
+        raise ValueError(
+            f"kmeans_sample={sample_size} is smaller than k={k}: train k-means on at least k points."
+        )
+    arr = as_float32_matrix(x)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=int(sample_size), replace=False))
+    trained = fit(arr[rows])
+    labels, _ = assign(arr, trained.centroids)
+    labels, centroids, n_empty = fill_empty_clusters(arr, labels, trained.centroids, seed=seed)
+    return KMeansResult(
+        labels=labels, centroids=centroids, loss=trained.loss, n_empty=n_empty, losses=list(trained.losses)
+    )

@@ -59,6 +59,30 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return arr
 
 
+def centred_scatter(x: np.ndarray, mean32: np.ndarray) -> np.ndarray:
+    """Sum over the rows of (x - mean32)^T (x - mean32), [D, D] float64: float32 GEMMs over chunks of rows,
+    summed in float64, so no centred copy of all of `x` is made."""
+    product = np.zeros((x.shape[1], x.shape[1]), dtype=np.float64)
+    for start in range(0, x.shape[0], _APPLY_CHUNK_ROWS):
+        chunk = x[start : start + _APPLY_CHUNK_ROWS] - mean32
+        product += chunk.T @ chunk
+    return product
+
+
+def leading_eigenpairs(product: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `dim` largest eigenvalues (descending, float64) of the symmetric matrix `product` and their
+    eigenvectors (columns, same order), from a float32 solve with LAPACK's MRRR driver."""
+    side = product.shape[0]
+    values, vectors = scipy.linalg.eigh(
+        product.astype(np.float32),
+        subset_by_index=[side - dim, side - 1],
+        driver="evr",
+        check_finite=False,
+    )
+    order = np.argsort(values)[::-1]
+    return values[order].astype(np.float64), vectors[:, order]
+
+
 def _principal_axes(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean [D] (float64), the `dim` leading principal axes [dim, D] and their population variances [dim].
 
@@ -72,26 +96,11 @@ def _principal_axes(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np
     n, d = x.shape
     mean = x.mean(axis=0, dtype=np.float64)
     mean32 = mean.astype(np.float32)
-    gram_side = min(n, d)
-    product = np.zeros((gram_side, gram_side), dtype=np.float64)
     if n >= d:  # centred chunk by chunk: no second N x D copy of the features
-        for start in range(0, n, _APPLY_CHUNK_ROWS):
-            chunk = x[start : start + _APPLY_CHUNK_ROWS] - mean32
-            product += chunk.T @ chunk
-    else:
-        centred = x - mean32
-        product += centred @ centred.T
-    product /= n
-    values, vectors = scipy.linalg.eigh(
-        product.astype(np.float32),
-        subset_by_index=[gram_side - dim, gram_side - 1],
-        driver="evr",
-        check_finite=False,
-    )
-    order = np.argsort(values)[::-1]
-    values, vectors = values[order].astype(np.float64), vectors[:, order]
-    if n >= d:
+        values, vectors = leading_eigenpairs(centred_scatter(x, mean32) / n, dim)
         return mean, vectors.T.astype(np.float64), values
+    centred = x - mean32
+    values, vectors = leading_eigenpairs((centred @ centred.T).astype(np.float64) / n, dim)
     axes = (centred.T @ vectors).T.astype(np.float64)  # row i: X^T u_i, of norm sqrt(n * value_i)
     norms = np.linalg.norm(axes, axis=1, keepdims=True)
     axes /= np.where(norms > 0, norms, 1.0)
@@ -152,9 +161,14 @@ class PCAWhitening:
                 f"pca_dim={self.dim} is larger than min(number of training rows, feature dimension) = "
                 f"min({n_train}, {d}); lower pca_dim to at most {min(n_train, d)} (or use more images)."
             )
-        mean, axes, variances = _principal_axes(arr, self.dim)
+        return self.set_axes(*_principal_axes(arr, self.dim))
+
+    def set_axes(self, mean: np.ndarray, axes: np.ndarray, variances: np.ndarray) -> PCAWhitening:
+        """Fit from a computed PCA: mean [D], the `dim` leading unit axes [dim, D] and their population
+        variances [dim] (descending). Used by fit() and by the distributed fit. Returns self."""
         floor = max(float(variances.max(initial=0.0)) * _RELATIVE_EIGEN_FLOOR, np.finfo(np.float32).tiny)
         scale = np.maximum(variances, floor) ** self.eigen_power
+        self.input_dim = int(axes.shape[1])
         self.mean = mean.astype(np.float32)
         self.matrix = np.ascontiguousarray((axes * scale[:, None]).astype(np.float32))
         self.eigenvalues = np.maximum(variances, 0.0).astype(np.float32)

@@ -531,8 +531,8 @@ class FileListSource(ImageSource):
                     )
         if not paths:
             raise DataError(f"{where}: the list file names no images (one image path per line)")
-        self._relative = paths
-        self._paths = [base / Path(p).expanduser() for p in paths]
+        self._relative = paths  # strings only: a Path object per image would cost ~3x the memory at millions
+        self._base = base
         self._labels = None if labels[0] is None else np.array(labels, dtype=np.int64)
         self.description = (
             f"list {self.list_file} ({_format_count(len(paths))}, "
@@ -540,11 +540,11 @@ class FileListSource(ImageSource):
         )
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return len(self._relative)
 
     def path(self, index: int) -> Path:
         """Full path of image ``index``."""
-        return self._paths[self._check_index(index)]
+        return self._base / Path(self._relative[self._check_index(index)]).expanduser()
 
     def load(self, index: int) -> Image.Image:
         with Image.open(self.path(index)) as image:

@@ -15,6 +15,7 @@ and labels as one that never stopped (same seed, same device and thread count).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from deepcluster.config import SMALL_INPUT_LIMIT, ConfigError, TrainConfig, dump_config
@@ -41,6 +43,7 @@ from deepcluster.engine.checkpoint import (
     save_checkpoint,
 )
 from deepcluster.engine.device import Precision, images_on_device, resolve_device, resolve_precision
+from deepcluster.engine.distributed import Processes, join_processes
 from deepcluster.engine.features import all_finite, extract_features
 from deepcluster.engine.run_dir import RunDir
 from deepcluster.engine.seeding import (
@@ -133,21 +136,26 @@ class Trainer:
         self, config: TrainConfig, resume: bool = False, on_step: StepCallback | None = None
     ) -> None:
         config.validate()
-        if config.run.out is None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            config = dataclasses.replace(
-                config, run=dataclasses.replace(config.run, out=f"runs/{config.method}-{stamp}")
-            )
-        self.run_dir = RunDir(config.run.out)
-        self.run_dir.prepare(resume=resume)
-        self.resume = resume
-        self.on_step = on_step
-        if config.run.threads:
-            torch.set_num_threads(config.run.threads)
         try:
             device = resolve_device(config.run.device)
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        # One process, or one of torchrun's: only the main one writes the run directory.
+        self.procs: Processes = join_processes(device, config.run.dist_timeout_minutes)
+        device = self.procs.device
+        if config.run.out is None:
+            stamp = self.procs.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+            config = dataclasses.replace(
+                config, run=dataclasses.replace(config.run, out=f"runs/{config.method}-{stamp}")
+            )
+        self.run_dir = RunDir(config.run.out)
+        if self.procs.is_main:
+            self.run_dir.prepare(resume=resume)
+        self.procs.barrier()
+        self.resume = resume
+        self.on_step = on_step
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
         self.source = open_source(
             config.data.data,
             root=config.data.data_root,
@@ -157,6 +165,25 @@ class Trainer:
         self.config = resolve_config(config, self.source, device)
         self.method: Method = build_method(self.config)
         self._check_k(len(self.source))
+        if (
+            self.procs.distributed
+            and self.config.cluster.distributed_kmeans
+            and not self.method.shards_assignment
+        ):
+            raise ConfigError(
+                f"cluster.distributed_kmeans: --method {self.config.method} has no distributed assignment; "
+                "its features are gathered on the first process (drop --distributed-kmeans)"
+            )
+        if (
+            self.procs.distributed
+            and self.config.cluster.distributed_kmeans
+            and self.config.cluster.kmeans_sample
+        ):
+            raise ConfigError(
+                "cluster.kmeans_sample trains k-means on a sample of gathered features; with "
+                "cluster.distributed_kmeans every process trains on its own shard instead: drop one of the two"
+            )
+        self.progress = self.config.run.progress and self.procs.is_main
         self.precision = Precision(device, self.config.run.precision)
         self.state = LoopState()
         self._file_log: logging.Handler | None = None
@@ -171,6 +198,8 @@ class Trainer:
             )
         except ValueError as error:
             raise ConfigError(str(error)) from error
+        if self.procs.rank > 0 and not resume:  # same initial weights everywhere, own dropout draws
+            seed_everything(derive_seed(self.config.run.seed, "rank", self.procs.rank))
 
     def _check_k(self, n_images: int) -> None:
         k = self.config.cluster.k
@@ -182,23 +211,26 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
         cfg = self.config
-        self._file_log = logging.FileHandler(self.run_dir.log_file)
-        self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(self._file_log)
-        if log.level == logging.NOTSET or log.level > logging.INFO:
-            log.setLevel(logging.INFO)
+        procs = self.procs
+        if procs.is_main:
+            self._file_log = logging.FileHandler(self.run_dir.log_file)
+            self._file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            log.addHandler(self._file_log)
+            if log.level == logging.NOTSET or log.level > logging.INFO:
+                log.setLevel(logging.INFO)
+        else:  # the main process speaks for all
+            log.setLevel(logging.WARNING)
         log.info("data: %s", self.source.description)
-        self._cache_path = self._cache_file(len(self.source))
-        self.decoded: DecodedImages = decode_images(
-            self.source,
-            cfg.data.resize,
-            num_threads=cfg.data.decode_threads,
-            progress=cfg.run.progress,
-            log=log,
-            inner_size=cfg.data.input_size,
-            cache_file=self._cache_path,
-        )
-        if self.decoded.skipped:
+        if procs.distributed:
+            log.info(
+                "%d processes (%s), this is rank %d of node %d",
+                procs.world_size,
+                "NCCL" if procs.device.type == "cuda" else "gloo",
+                procs.rank,
+                procs.node,
+            )
+        self.decoded: DecodedImages = self._decode()
+        if self.decoded.skipped and procs.is_main:
             self.run_dir.write_skipped(self.decoded.skipped)
             log.warning(
                 "%d image(s) could not be read and were skipped; see %s",
@@ -210,10 +242,12 @@ class Trainer:
         self._check_k(n_images)
         true = self.source.labels
         self.true_labels = None if true is None else np.asarray(true)[self.decoded.indices]
-        atomic_write_text(self.run_dir.config, dump_config(cfg))
+        if procs.is_main:
+            atomic_write_text(self.run_dir.config, dump_config(cfg))
         self.backbone.to(self.precision.device)
         if self.precision.channels_last:
             self.backbone.to(memory_format=torch.channels_last)
+        self.train_backbone: nn.Module = self._parallel(self.backbone, every_parameter_used=True)
         self.optimizer = torch.optim.SGD(
             self.backbone.trainable_parameters(),
             lr=cfg.optim.lr,
@@ -236,13 +270,19 @@ class Trainer:
         )
         self.epoch_size = cfg.optim.epoch_size or n_images
         self.batch_size = min(cfg.optim.batch_size, self.epoch_size)
+        if self.batch_size % procs.world_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} (the total over all processes) is not a multiple of the "
+                f"{procs.world_size} processes; choose a multiple of {procs.world_size}"
+            )
         self.steps_per_epoch = max(1, self.epoch_size // self.batch_size)
         self.schedule = self.method.label_update_steps(self.steps_per_epoch, cfg.run.epochs)
         if self.resume:
             self._load()
-        from torch.utils.tensorboard import SummaryWriter
+        if procs.is_main:
+            from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=self.state.epoch or None)
+            self._writer = SummaryWriter(str(self.run_dir.tensorboard), purge_step=self.state.epoch or None)
         log.info(
             "run %s: %s on %d images, arch %s at %d px, k=%d, %s/%s, %d steps/epoch",
             self.run_dir.root,
@@ -254,6 +294,51 @@ class Trainer:
             self.precision.device,
             self.precision.name,
             self.steps_per_epoch,
+        )
+
+    def _decode(self) -> DecodedImages:
+        """Decode the data set once: in this process, or, under torchrun, once per machine by its first process
+        into a memory-mapped file that the machine's other processes map (one copy in the page cache)."""
+        cfg, procs = self.config, self.procs
+        decode = lambda cache_file: decode_images(  # noqa: E731
+            self.source,
+            cfg.data.resize,
+            num_threads=cfg.data.decode_threads,
+            progress=self.progress,
+            log=log,
+            inner_size=cfg.data.input_size,
+            cache_file=cache_file,
+        )
+        if not procs.distributed:
+            self._cache_path = self._cache_file(len(self.source))
+            return decode(self._cache_path)
+        path = self._cache_folder() / f"decoded-{self.run_dir.root.name}-node{procs.node}.npy"
+        decoded = decode(path) if procs.local_rank == 0 else None
+        if decoded is not None:
+            self._cache_path = path
+        kept = procs.all_gather_object(None if decoded is None else (decoded.indices, decoded.skipped))
+        indices, skipped = kept[0]
+        if decoded is not None:
+            if not np.array_equal(decoded.indices, indices):
+                raise ConfigError(
+                    f"--data {cfg.data.data}: node {procs.node} could read other images than node 0; "
+                    "every machine must see the same files"
+                )
+            return decoded
+        mapped = np.load(path, mmap_mode="c")  # copy-on-write: never written, shared with the decoder's pages
+        images = torch.from_numpy(mapped[: len(indices)])
+        return DecodedImages(images=images, indices=indices, skipped=skipped, size=int(cfg.data.resize or 0))
+
+    def _parallel(self, module: nn.Module, every_parameter_used: bool) -> nn.Module:
+        """`module` itself in one process; wrapped in DistributedDataParallel (gradients averaged over the
+        processes, the main process's weights broadcast first) under torchrun."""
+        if not self.procs.distributed:
+            return module
+        device = self.procs.device
+        return DistributedDataParallel(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=not every_parameter_used,
         )
 
     def _cache_folder(self) -> Path:
@@ -290,6 +375,10 @@ class Trainer:
         # A mapped file can be unlinked on POSIX: its pages stay valid while in use.
         if self._cache_path is not None:
             self._cache_path.unlink(missing_ok=True)
+            if not self.config.data.cache_dir:
+                with contextlib.suppress(OSError):  # the run's own cache folder, once empty
+                    self._cache_path.parent.rmdir()
+        self.procs.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -299,7 +388,7 @@ class Trainer:
             self._file_log = None
 
     # ---------------------------------------------------------------- checkpoints
-    def _checkpoint_state(self) -> dict[str, Any]:
+    def _checkpoint_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         state = self.state
         return {
             "version": CHECKPOINT_VERSION,
@@ -322,7 +411,8 @@ class Trainer:
                 "loss_count": state.loss_count,
             },
             "indices": self.decoded.indices,
-            "rng": capture_rng_state(),
+            "rng": rng[0],
+            "rng_ranks": rng,
         }
 
     def save(self) -> None:
@@ -332,7 +422,11 @@ class Trainer:
             for name, param in module.named_parameters():
                 if not bool(torch.isfinite(param).all()):
                     self._diverged(f"{owner} weight {name} became NaN or infinite")
-        save_checkpoint(self.run_dir.checkpoint, self._checkpoint_state())
+        rng = self.procs.all_gather_object(
+            capture_rng_state()
+        )  # every process's generators, for exact resume
+        if self.procs.is_main:
+            save_checkpoint(self.run_dir.checkpoint, self._checkpoint_state(rng))
 
     def _diverged(self, what: str) -> None:
         raise TrainingDiverged(
@@ -361,8 +455,19 @@ class Trainer:
             self._new_heads(assignment, epoch=loop["epoch"])
             self.heads.load_state_dict(ckpt["heads"])
             self.head_optimizer.load_state_dict(ckpt["head_optimizer"])
-        restore_rng_state(ckpt["rng"])
-        self.run_dir.write_metrics(self.state.history)
+        rng = ckpt.get("rng_ranks") or [ckpt["rng"]]
+        if len(rng) == self.procs.world_size:
+            restore_rng_state(rng[self.procs.rank])
+        else:
+            log.warning(
+                "the run was saved by %d process(es) and resumes on %d: random draws of dropout differ from an "
+                "unbroken run (everything else is seeded by step)",
+                len(rng),
+                self.procs.world_size,
+            )
+            seed_everything(derive_seed(self.config.run.seed, "resume", self.procs.rank, self.state.step))
+        if self.procs.is_main:
+            self.run_dir.write_metrics(self.state.history)
         log.info("resumed %s at epoch %d, step %d", self.run_dir.root, self.state.epoch, self.state.step)
 
     # ---------------------------------------------------------------- phases
@@ -370,6 +475,8 @@ class Trainer:
         generator = torch_generator(derive_seed(self.config.run.seed, "heads", epoch))
         heads = self.method.build_heads(self.backbone.feature_dim, assignment, generator)
         self.heads = heads.to(self.precision.device)
+        self.train_heads = None  # unhook the previous heads' wrapper before wrapping the new ones
+        self.train_heads = self._parallel(self.heads, self.method.uses_every_head_parameter)
         self._n_classes = assignment.n_classes
         optim = self.config.optim
         self.head_optimizer = torch.optim.SGD(
@@ -405,17 +512,11 @@ class Trainer:
             )
         extracted = started
         if assignment is None:
-            features = self._extract(epoch)
+            shard = self._extract(epoch)
             extracted = time.perf_counter()
             # Seeds of epoch-start updates are those of the single-update engine, so older runs reproduce.
             key = (epoch,) if state.step == 0 else (epoch, state.step)
-            assignment = self.method.assign(features, seed=derive_seed(cfg.run.seed, "assign", *key))
-            if cfg.run.save_features:
-                atomic_save_numpy(self.run_dir.features, features)
-            if isinstance(features, np.memmap):
-                path = Path(features.filename)
-                del features
-                path.unlink(missing_ok=True)
+            assignment = self._assign(shard, seed=derive_seed(cfg.run.seed, "assign", *key))
         assigned = time.perf_counter()
         state.prev_labels = state.labels
         state.labels = assignment.labels
@@ -425,30 +526,65 @@ class Trainer:
         record["label_updates"] = record.get("label_updates", 0) + 1
         record["seconds_extract"] = record.get("seconds_extract", 0.0) + extracted - started
         record["seconds_assign"] = record.get("seconds_assign", 0.0) + assigned - extracted
-        self.run_dir.write_epoch_labels(epoch, assignment.labels)
+        if self.procs.is_main:
+            self.run_dir.write_epoch_labels(epoch, assignment.labels)
         if self.heads is None or self.method.fresh_heads:
             self._new_heads(assignment, epoch)
         log.info("epoch %d step %d: labels assigned (%s)", epoch, state.step, _format_stats(record))
 
+    def _assign(self, shard: np.ndarray, seed: int) -> Assignment:
+        """Labels of every image from this process's extracted rows: the method's assignment on the gathered
+        values (computed by the main process and broadcast), or its distributed assignment on the shards."""
+        cfg, procs = self.config, self.procs
+        n = self.images.shape[0]
+        sharded = procs.distributed and cfg.cluster.distributed_kmeans
+        features = None
+        if not sharded or cfg.run.save_features:
+            features = procs.gather_rows(shard, n, self._allocate_features)
+        assignment = None
+        if sharded:
+            assignment = self.method.assign_sharded(shard, seed, procs)
+        elif features is not None:  # the main process (or the only one)
+            assignment = self.method.assign(features, seed)
+        if features is not None and cfg.run.save_features:
+            atomic_save_numpy(self.run_dir.features, features)
+        spilled = {Path(a.filename) for a in (features, shard) if isinstance(a, np.memmap)}
+        del features, shard
+        for path in spilled:  # a spilled file is removed as soon as it has served
+            path.unlink(missing_ok=True)
+        if procs.distributed and not sharded:
+            labels = procs.broadcast_array(None if assignment is None else assignment.labels)
+            summary = procs.broadcast_object(
+                None if assignment is None else (assignment.n_classes, assignment.stats)
+            )
+            assignment = assignment or Assignment(labels=labels, n_classes=summary[0], stats=summary[1])
+        assert assignment is not None
+        return assignment
+
     def _extract(self, epoch: int) -> np.ndarray:
-        """The method's per-image values over the whole data set, in eval mode, on the method's view."""
-        cfg = self.config
+        """The method's per-image values over this process's rows (all rows in one process), in eval mode, on
+        the method's view."""
+        cfg, procs = self.config, self.procs
+        # Every shard is seen with the main process's batch-norm statistics (those the checkpoint keeps).
+        procs.broadcast_buffers(self.backbone)
         self.backbone.eval()
         if self.heads is not None:
             self.heads.eval()
         view: Callable[[torch.Tensor], torch.Tensor] = self.cluster_view
         if self.method.extract_view == "train":
-            generator = torch_generator(derive_seed(cfg.run.seed, "extract-view", epoch, self.state.step))
+            key = (epoch, self.state.step) + ((procs.rank,) if procs.distributed else ())
+            generator = torch_generator(derive_seed(cfg.run.seed, "extract-view", *key))
             view = lambda batch: self.train_view(batch, generator)  # noqa: E731
+        start, stop = procs.shard(self.images.shape[0])
         features = extract_features(
             lambda x: self.method.extract(self.backbone, self.heads, x),
-            self.images,
+            self.images[start:stop],
             view,
             batch_size=cfg.optim.batch_size,
             precision=self.precision,
-            progress=cfg.run.progress,
+            progress=self.progress,
             desc=f"epoch {epoch} features",
-            allocate=self._allocate_features,
+            allocate=self._allocate_features if not procs.distributed else None,
         )
         if not all_finite(features):
             self._diverged("the clustering features became NaN or infinite")
@@ -492,9 +628,10 @@ class Trainer:
             initial=state.step,
             desc=f"epoch {epoch} train",
             unit="batch",
-            disable=not cfg.run.progress,
+            disable=not self.progress,
             leave=False,
         )
+        procs = self.procs
         while state.step < self.steps_per_epoch:
             began = time.perf_counter()
             if self._run_due_updates(epoch):
@@ -503,19 +640,21 @@ class Trainer:
                 self.heads.train()
                 updating += time.perf_counter() - began
             step = state.step
-            batch = torch.as_tensor(indices[step * self.batch_size : (step + 1) * self.batch_size])
-            generator = torch_generator(derive_seed(cfg.run.seed, "augment", epoch, step))
+            # This process's part of the step's batch: the processes' parts together are the whole batch.
+            batch = torch.as_tensor(indices[procs.batch_part(step, self.batch_size)])
+            key = (epoch, step) + ((procs.rank,) if procs.distributed else ())
+            generator = torch_generator(derive_seed(cfg.run.seed, "augment", *key))
             x = self.train_view(
                 self.images[batch.to(self.images.device)].to(device, non_blocking=True), generator
             )
+            x, targets = self.method.prepare_batch(x, labels[batch].to(device, non_blocking=True), generator)
             if self.precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            targets = labels[batch].to(device, non_blocking=True)
             self._set_lr(self._lr_factor(epoch, step))
             with self.precision.autocast():
-                outputs = self.heads(self.backbone(x))
+                outputs = self.method.head_outputs(self.train_heads, self.train_backbone(x), targets)
             loss = self.method.loss(outputs, targets)
-            value = float(loss.detach())
+            value = procs.mean(float(loss.detach()))
             if not math.isfinite(value):
                 self._diverged(f"the training loss became {value}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -563,21 +702,23 @@ class Trainer:
         state.step = 0
         state.loss_sum, state.loss_count = 0.0, 0
         state.record = {}
-        self.run_dir.write_metrics(state.history)
-        for key, value in ordered.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
-                self._writer.add_scalar(f"epoch/{key}", value, epoch)
-        self._writer.flush()
+        if self.procs.is_main:
+            self.run_dir.write_metrics(state.history)
+            for key, value in ordered.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                    self._writer.add_scalar(f"epoch/{key}", value, epoch)
+            self._writer.flush()
         log.info("epoch %d done: %s", epoch, _format_stats(ordered))
 
     # ---------------------------------------------------------------- the run
     def _out_of_time(self, started: float) -> bool:
-        """True when `run.max_minutes` is set and one more epoch (as long as the last) would overrun it."""
+        """True when `run.max_minutes` is set and one more epoch (as long as the last) would overrun it (the
+        main process's clock decides for all)."""
         budget = self.config.run.max_minutes
         if budget is None or self.state.step > 0:
             return False
         projected = time.perf_counter() - started + _epoch_seconds(self.state.history)
-        if projected <= budget * 60:
+        if self.procs.broadcast_object(projected <= budget * 60):
             return False
         log.info(
             "stopping before epoch %d: the next epoch would end past %.1f minutes", self.state.epoch, budget
@@ -597,8 +738,11 @@ class Trainer:
                 self._finish_epoch(epoch)
                 self.save()
             assert self.state.labels is not None
-            names = [self.source.name(int(i)) for i in self.decoded.indices]
-            self.run_dir.write_labels_csv(self.decoded.indices, names, self.state.labels, self.true_labels)
+            if self.procs.is_main:
+                names = [self.source.name(int(i)) for i in self.decoded.indices]
+                self.run_dir.write_labels_csv(
+                    self.decoded.indices, names, self.state.labels, self.true_labels
+                )
             log.info("finished: %s", json.dumps(self.state.history[-1]) if self.state.history else "no epoch")
             return RunResult(
                 self.run_dir.root, self.state.labels, self.decoded.indices, self.state.history, self.backbone

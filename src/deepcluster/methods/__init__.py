@@ -5,10 +5,13 @@ from __future__ import annotations
 from deepcluster.config import TrainConfig
 from deepcluster.methods.base import Assignment, Method, primary_labels
 from deepcluster.methods.deepcluster import DeepCluster
+from deepcluster.methods.deepercluster import DeeperCluster
 from deepcluster.methods.sela import SeLa
 from deepcluster.methods.transfer import Transfer
 
-METHODS: dict[str, type[Method]] = {method.name: method for method in (DeepCluster, SeLa, Transfer)}
+METHODS: dict[str, type[Method]] = {
+    method.name: method for method in (DeepCluster, DeeperCluster, SeLa, Transfer)
+}
 
 
 def build_method(config: TrainConfig) -> Method:
@@ -23,6 +26,7 @@ __all__ = [
     "METHODS",
     "Assignment",
     "DeepCluster",
+    "DeeperCluster",
     "Method",
     "SeLa",
     "Transfer",

@@ -51,6 +51,14 @@ class Method(ABC):
     """The number of classes is `cluster.k` (checked against the data size)."""
     extract_view: str = "cluster"
     """Which view the extraction sees: cluster (centre crop) or train (augmented)."""
+    recluster_every: ClassVar[int] = 1
+    """Epochs between two label assignments when `cluster.recluster_every` is not set."""
+    shards_assignment: ClassVar[bool] = False
+    """`assign_sharded` exists: under torchrun, labels can be assigned from the processes' shards of the
+    extracted values without gathering them (`cluster.distributed_kmeans`)."""
+    uses_every_head_parameter: ClassVar[bool] = True
+    """Every head parameter gets a gradient at every step (False tells DistributedDataParallel to look for
+    unused ones, e.g. DeeperCluster's sub-class heads of super-classes absent from a batch)."""
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -60,7 +68,7 @@ class Method(ABC):
 
         Default: at the start of every `cluster.recluster_every`-th epoch.
         """
-        every = self.config.cluster.recluster_every
+        every = self.config.cluster.recluster_every or self.recluster_every
         return [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every == 0]
 
     def initial_assignment(
@@ -73,6 +81,17 @@ class Method(ABC):
         """Image indices of one epoch (default: uniform over the first head's clusters)."""
         return uniform_cluster_sample(primary_labels(labels), n_samples, seed=seed)
 
+    def prepare_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's input and targets from a train-view batch and its images' labels (default: unchanged;
+        DeeperCluster rotates the images and pairs each rotation with the cluster). Draws only from `generator`."""
+        return images, labels
+
+    def head_outputs(self, heads: nn.Module, embedding: torch.Tensor, targets: torch.Tensor) -> Any:
+        """What `loss` reads, from the backbone's embedding of a batch (default: `heads(embedding)`)."""
+        return heads(embedding)
+
     @abstractmethod
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         """Per-batch values the assigner needs (eval mode, cluster view), [B, D]."""
@@ -81,10 +100,15 @@ class Method(ABC):
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         """Pseudo-labels for all images from their extracted values."""
 
+    def assign_sharded(self, shard: np.ndarray, seed: int, processes: Any) -> Assignment:
+        """Labels of every image, identical on every process, from this process's rows of the extracted values
+        (`processes`: the run's `engine.distributed.Processes`). Only for methods with `shards_assignment`."""
+        raise NotImplementedError(f"method {self.name} assigns labels on gathered values only")
+
     @abstractmethod
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         """Freshly initialised head(s) predicting the assignment's labels from the backbone's embedding."""
 
-    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """Training loss of a batch (cross-entropy by default)."""
         return nn.functional.cross_entropy(outputs.float(), targets)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.cluster import PCAWhitening, kmeans
-from deepcluster.cluster.kmeans_torch import torch_kmeans
-from deepcluster.engine.device import resolve_device
+from deepcluster.cluster import KMeansResult
+from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
 from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.clustering import kmeans_fit, whitened
 from deepcluster.models import ClassifierHead
 
 
@@ -17,32 +19,43 @@ class DeepCluster(Method):
     """Features: the penultimate FC output before its ReLU; labels: k-means; head: ReLU + Linear(D, k)."""
 
     name = "deepcluster"
+    shards_assignment = True
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)
 
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
-        pca = PCAWhitening(dim=settings.pca_dim).fit(features, sample_size=settings.pca_sample, seed=seed)
-        reduced = pca.apply(features)
-        device = resolve_device(self.config.run.device)
-        backend = settings.kmeans_backend
-        if backend == "torch" or (backend == "auto" and device.type == "cuda"):
-            result = torch_kmeans(reduced, settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device)
-        else:
-            result = kmeans(reduced, settings.k, n_iter=settings.kmeans_iters, seed=seed)
-        sizes = np.bincount(result.labels, minlength=settings.k)
-        return Assignment(
-            labels=result.labels,
-            n_classes=settings.k,
-            stats={
-                "kmeans_loss": float(result.loss),
-                "n_empty": int(result.n_empty),
-                "smallest": int(sizes.min()),
-                "largest": int(sizes.max()),
-            },
-            state={"centroids": result.centroids},
+        reduced = whitened(features, settings, seed)
+        return _assignment(kmeans_fit(settings, self.config.run.device)(reduced, settings.k, seed))
+
+    def assign_sharded(self, shard: np.ndarray, seed: int, processes: Any) -> Assignment:
+        """The PCA (covariance all-reduced) and torch k-means (sums and counts all-reduced) of `assign` with
+        `cluster.kmeans_backend=torch`, over the processes' shards: the same labels, on every process."""
+        settings = self.config.cluster
+        device = processes.device
+        pca = distributed_pca_fit(shard, settings.pca_dim, settings.pca_sample, seed, device=device)
+        result = distributed_kmeans(
+            pca.apply(shard), settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device
         )
+        return _assignment(result)
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         return ClassifierHead(feature_dim, assignment.n_classes, generator=generator)
+
+
+def _assignment(result: KMeansResult) -> Assignment:
+    """k-means labels with their statistics (and centroids, kept with the run)."""
+    k = result.centroids.shape[0]
+    sizes = np.bincount(result.labels, minlength=k)
+    return Assignment(
+        labels=result.labels,
+        n_classes=k,
+        stats={
+            "kmeans_loss": float(result.loss),
+            "n_empty": int(result.n_empty),
+            "smallest": int(sizes.min()),
+            "largest": int(sizes.max()),
+        },
+        state={"centroids": result.centroids},
+    )

@@ -2,7 +2,7 @@
 
 from deepcluster.models.alexnet import AlexNetBN, alexnet_bn, alexnet_bn_small
 from deepcluster.models.backbone import Backbone, ConvFCBackbone
-from deepcluster.models.heads import ClassifierHead, MultiHead, linear_head
+from deepcluster.models.heads import ClassifierHead, HierarchicalHead, MultiHead, linear_head
 from deepcluster.models.init import init_deepcluster_weights
 from deepcluster.models.registry import ARCHITECTURES, FAMILIES, build_backbone, default_arch_for
 from deepcluster.models.resnet import ResNetBackbone, resnet18, resnet50
@@ -17,6 +17,7 @@ __all__ = [
     "Backbone",
     "ClassifierHead",
     "ConvFCBackbone",
+    "HierarchicalHead",
     "ResNetBackbone",
     "Sobel",
     "VGG16BN",

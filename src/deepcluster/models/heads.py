@@ -72,3 +72,56 @@ class MultiHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``[B, n_heads, n_out]`` logits for ``[B, in_dim]`` embeddings."""
         return self.linear(self.relu(x)).unflatten(1, (self.n_heads, self.n_out))
+
+
+class HierarchicalHead(nn.Module):
+    """DeeperCluster's top: ReLU, then a super-class head and, per super-class, a head over its sub-classes.
+
+    The super-class head is a :func:`linear_head` of `n_super` outputs; the `n_super` sub-class heads of `n_sub`
+    outputs each are stored together as ``sub_weight`` [n_super, n_sub, in_dim] and ``sub_bias`` [n_super, n_sub],
+    initialised like :func:`linear_head` (weight ~ N(0, 0.01), bias 0), drawing from `generator` only.
+    """
+
+    def __init__(
+        self, in_dim: int, n_super: int, n_sub: int, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        for name, value in (("n_super", n_super), ("n_sub", n_sub)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"HierarchicalHead: {name} must be a positive integer, got {value!r}")
+        self.relu = nn.ReLU()
+        self.super_head = linear_head(in_dim, n_super, generator=generator)
+        weight = torch.empty(n_super, n_sub, in_dim)
+        nn.init.normal_(weight, mean=0.0, std=HEAD_INIT_STD, generator=generator)
+        self.sub_weight = nn.Parameter(weight)
+        self.sub_bias = nn.Parameter(torch.zeros(n_super, n_sub))
+
+    @property
+    def in_dim(self) -> int:
+        """Size of the embedding the heads expect."""
+        return self.super_head.in_features
+
+    @property
+    def n_super(self) -> int:
+        """Number of super-classes (and of sub-class heads)."""
+        return self.super_head.out_features
+
+    @property
+    def n_sub(self) -> int:
+        """Outputs of each sub-class head."""
+        return self.sub_weight.shape[1]
+
+    def forward(self, x: torch.Tensor, super_targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([B, n_super], [B, n_sub])`` logits for ``[B, in_dim]`` embeddings: row i's sub-class logits come
+        from the head of super-class ``super_targets[i]``. One matrix product per super-class in the batch."""
+        h = self.relu(x)
+        super_logits = self.super_head(h)
+        order = torch.argsort(super_targets, stable=True)
+        heads, counts = torch.unique_consecutive(super_targets[order], return_counts=True)
+        groups = h[order].split(counts.tolist())
+        pieces = [
+            nn.functional.linear(group, self.sub_weight[s], self.sub_bias[s])
+            for group, s in zip(groups, heads.tolist(), strict=True)
+        ]
+        sub_logits = torch.cat(pieces)[torch.argsort(order)]
+        return super_logits, sub_logits

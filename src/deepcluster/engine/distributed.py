@@ -1,0 +1,191 @@
+"""Runs on several processes (torchrun): who this process is, which rows are its own, and the collectives the
+engine needs. A single process (no torchrun) never touches torch.distributed: every collective here is then the
+identity.
+
+torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and GROUP_RANK (the node); the process group is NCCL when the run
+is on CUDA GPUs (one per process, cuda:LOCAL_RANK) and gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+_GATHER_CHUNK_BYTES = 64 * 1024 * 1024
+"""Rows sent per gather round are capped at about this many bytes per process."""
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows [start, stop) of `n` that process `rank` of `world_size` owns: contiguous blocks, in rank order,
+    whose sizes differ by at most one (the first n % world_size blocks are one longer)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"shard_range: rank {rank} is not in a world of {world_size} process(es)")
+    base, extra = divmod(n, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def launched_by_torchrun() -> bool:
+    """True when the environment describes more than one process (torchrun's WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the run's processes; the default is a single process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    node: int = 0
+    device: torch.device = torch.device("cpu")
+    """Where collective tensors live: the process's GPU for NCCL, the CPU for gloo."""
+    owns_group: bool = False
+    """This object's set-up joined the process group (and `close` leaves it)."""
+
+    @property
+    def distributed(self) -> bool:
+        """More than one process."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """The process that writes checkpoints, logs and outputs."""
+        return self.rank == 0
+
+    def shard(self, n: int) -> tuple[int, int]:
+        """This process's rows [start, stop) of `n`."""
+        return shard_range(n, self.rank, self.world_size)
+
+    def batch_part(self, step: int, batch_size: int) -> slice:
+        """This process's positions, in an epoch's list of sampled images, of step `step`'s batch of
+        `batch_size` (the total over the processes, a multiple of their number): the processes' parts, in rank
+        order, are the whole batch, so the epoch's sample is drawn once for all of them."""
+        part = batch_size // self.world_size
+        first = step * batch_size + self.rank * part
+        return slice(first, first + part)
+
+    # ------------------------------------------------------------ collectives (identities in one process)
+    def barrier(self) -> None:
+        """Wait for every process."""
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast_object(self, value: T) -> T:
+        """The main process's `value` (any picklable object), on every process."""
+        if not self.distributed:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """Every process's `value`, in rank order."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def broadcast_array(self, array: np.ndarray | None) -> np.ndarray:
+        """The main process's array (others pass None), on every process."""
+        if not self.distributed:
+            assert array is not None
+            return array
+        meta = self.broadcast_object(None if array is None else (array.shape, array.dtype.str))
+        shape, dtype = meta
+        tensor = (
+            torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+            if self.is_main
+            else torch.empty(
+                shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype, device=self.device
+            )
+        )
+        dist.broadcast(tensor, src=0)
+        return tensor.cpu().numpy()
+
+    def broadcast_buffers(self, module: torch.nn.Module) -> None:
+        """Give every process the main process's buffers of `module` (e.g. batch-norm running statistics, which
+        each process updates from its own part of the batch)."""
+        if self.distributed:
+            for buffer in module.buffers():
+                dist.broadcast(buffer.data, src=0)
+
+    def mean(self, value: float) -> float:
+        """The mean of `value` over the processes."""
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return float(tensor) / self.world_size
+
+    def gather_rows(
+        self, shard: np.ndarray, n_total: int, allocate: Callable[[int, int], np.ndarray]
+    ) -> np.ndarray | None:
+        """Concatenate every process's `shard` (its rows of `shard_range(n_total, ...)`, float32 [rows, D]) into
+        `allocate(n_total, D)` on the main process, in bounded rounds; None on the others."""
+        if not self.distributed:
+            return shard
+        d = shard.shape[1]
+        bounds = [shard_range(n_total, r, self.world_size) for r in range(self.world_size)]
+        longest = max(stop - start for start, stop in bounds)
+        rows = max(1, _GATHER_CHUNK_BYTES // max(1, d * 4))
+        out = allocate(n_total, d) if self.is_main else None
+        for begin in range(0, longest, rows):
+            piece = np.zeros((rows, d), dtype=np.float32)
+            mine = shard[begin : begin + rows]
+            piece[: len(mine)] = mine
+            send = torch.from_numpy(piece).to(self.device)
+            buckets = [torch.empty_like(send) for _ in range(self.world_size)] if self.is_main else None
+            dist.gather(send, gather_list=buckets, dst=0)
+            if out is not None and buckets is not None:
+                for rank, (start, stop) in enumerate(bounds):
+                    count = min(rows, max(0, stop - start - begin))
+                    if count:
+                        out[start + begin : start + begin + count] = buckets[rank][:count].cpu().numpy()
+        return out
+
+    def close(self) -> None:
+        """Leave the process group (if this object's set-up joined one)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def join_processes(device: torch.device, timeout_minutes: float) -> Processes:
+    """This process's `Processes`: a single process unless torchrun started several, in which case join the
+    process group (NCCL on CUDA, gloo on CPU) and, on CUDA, pin the process to cuda:LOCAL_RANK.
+
+    `timeout_minutes` bounds how long a process waits for the others in one collective (the main process
+    clusters while the others wait, which takes long on large collections)."""
+    if not launched_by_torchrun():
+        return Processes(device=device)
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    node = int(os.environ.get("GROUP_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return Processes(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        node=node,
+        device=device,
+        owns_group=owns_group,
+    )

@@ -1,0 +1,101 @@
+"""DeeperCluster (Caron et al., ICCV 2019): hierarchical k-means, and rotation prediction joined with the clusters.
+
+The k clusters come from a two-level k-means on PCA-whitened features (m super-clusters, k / m sub-clusters in
+each). Each training image is shown rotated by a random quarter turn; the target is the pair (super-class,
+sub-class) with super-class = (super-cluster, rotation), 4m of them, and sub-class = the cluster inside its
+super-cluster. The network predicts the super-class, then the sub-class with the head of the true super-class;
+the loss is the sum of the two cross-entropies. Labels are computed on unrotated images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcluster.cluster.hierarchical import hierarchical_kmeans
+from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
+from deepcluster.data.samplers import hierarchical_cluster_sample
+from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.clustering import kmeans_fit, whitened
+from deepcluster.models import HierarchicalHead
+
+
+class DeeperCluster(Method):
+    """Features: the backbone's embedding of the unrotated image; labels: hierarchical k-means (global ids);
+    heads: a super-class head and one sub-class head per super-class; targets: (super-class, sub-class)."""
+
+    name = "deepercluster"
+    fresh_heads = True
+    recluster_every = 3
+
+    @property
+    def n_super(self) -> int:
+        """m, the number of super-clusters."""
+        return self.config.deepercluster.super_clusters
+
+    @property
+    def k_sub(self) -> int:
+        """Sub-clusters per super-cluster, k / m."""
+        return self.config.cluster.k // self.n_super
+
+    @property
+    def n_rotations(self) -> int:
+        """4 with rotations, else 1."""
+        return N_ROTATIONS if self.config.deepercluster.rotations else 1
+
+    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+        return backbone(images)
+
+    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+        settings = self.config.cluster
+        reduced = whitened(features, settings, seed)
+        fit = kmeans_fit(settings, self.config.run.device)
+        result = hierarchical_kmeans(reduced, self.n_super, settings.k, seed, fit)
+        return Assignment(
+            labels=result.labels,
+            n_classes=settings.k,
+            stats={**result.stats(), "n_super": self.n_super},
+            state={"centroids": result.centroids, "super_centroids": result.super_centroids},
+        )
+
+    def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        return hierarchical_cluster_sample(labels, self.k_sub, n_samples, seed=seed)
+
+    def prepare_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image rotated by a quarter turn drawn from `generator` (when rotations are on); targets int64
+        [B, 2]: (super-class, sub-class)."""
+        labels = labels.long()
+        if self.n_rotations > 1:
+            turns = torch.randint(self.n_rotations, (images.shape[0],), generator=generator).to(labels.device)
+            images = rotate_quarter_turns(images, turns)
+        else:
+            turns = torch.zeros_like(labels)
+        super_class, sub_class = encode_targets(labels, turns, self.k_sub, self.n_rotations)
+        return images, torch.stack([super_class, sub_class], dim=1)
+
+    def head_outputs(
+        self, heads: nn.Module, embedding: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return heads(embedding, targets[:, 0])
+
+    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
+        n_super, k = self.n_super, assignment.n_classes
+        return HierarchicalHead(feature_dim, n_super * self.n_rotations, k // n_super, generator=generator)
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        return hierarchical_loss(outputs, targets)
+
+
+def hierarchical_loss(outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Super-class plus sub-class cross-entropy (float32): outputs ([B, S], [B, n_sub]) logits, targets [B, 2]."""
+    super_logits, sub_logits = outputs
+    if targets.ndim != 2 or targets.shape[1] != 2 or not len(targets) == len(super_logits) == len(sub_logits):
+        raise ValueError(
+            f"hierarchical_loss: targets {tuple(targets.shape)} must be [B, 2] for outputs "
+            f"{tuple(super_logits.shape)} and {tuple(sub_logits.shape)}"
+        )
+    super_loss = nn.functional.cross_entropy(super_logits.float(), targets[:, 0])
+    return super_loss + nn.functional.cross_entropy(sub_logits.float(), targets[:, 1])

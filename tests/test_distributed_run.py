@@ -1,0 +1,140 @@
+"""Whole runs under `torchrun --standalone --nproc_per_node=2` (gloo on the CPU), for every method.
+
+Each run must leave the same complete run directory a single process leaves, and its labels must be what the
+single-process assignment gives on the same (gathered) features; a run stopped after one epoch and resumed must
+end where an unbroken run ends.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepcluster.config import apply_overrides, load_config
+from deepcluster.engine.distributed import Processes, shard_range
+from deepcluster.engine.seeding import derive_seed
+from deepcluster.methods import build_method
+from synthetic import write_pattern_npz
+
+N_IMAGES = 160
+SEED = 3
+BATCH = 32
+EPOCH_SIZE = 96
+STEPS_PER_EPOCH = EPOCH_SIZE // BATCH
+
+
+def _torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "deepcluster", "train", *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def _train(data: Path, out: Path, *extra: str, epochs: int = 2) -> subprocess.CompletedProcess[str]:
+    return _torchrun(
+        [
+            "--data", str(data), "--out", str(out), "--k", "8", "--batch-size", str(BATCH),
+            "--epoch-size", str(EPOCH_SIZE), "--epochs", str(epochs), "--seed", str(SEED), "--no-progress",
+            "--save-features", "--set", "cluster.pca_dim=16", "--set", "optim.schedule=constant",
+            "--set", "run.checkpoint_every=0", *extra,
+        ],
+        out.parent,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pattern_npz(tmp_path_factory.mktemp("data") / "patterns.npz", n=N_IMAGES)
+
+
+def _check_complete(run: Path, epochs: int, done: subprocess.CompletedProcess[str]) -> None:
+    """Everything a single-process run writes, written once (by the main process)."""
+    for name in ("config.yaml", "checkpoints/last.pt", "train.log", "features.npy"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "labels").iterdir()) == [f"epoch_{e:03d}.npy" for e in range(epochs)]
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in history] == list(range(epochs))
+    assert all(np.isfinite(record["loss"]) for record in history)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    with (run / "labels.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == N_IMAGES and sorted(int(r["index"]) for r in rows) == list(range(N_IMAGES))
+    assert not (run / "cache").exists(), "the machine's shared decoded images must be removed"
+    log = (run / "train.log").read_text()
+    assert log.count("2 processes (gloo), this is rank 0") == 1 and "rank 1" not in log
+    assert done.stdout.count("run directory:") == 1, "only the main process reports"
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    assert len(checkpoint["rng_ranks"]) == 2
+
+
+def _single_process_labels(run: Path, epoch: int, step: int, **cluster: object) -> np.ndarray:
+    """The labels one process assigns to the run's saved features (those of its last assignment)."""
+    config = load_config(run / "config.yaml")
+    if cluster:
+        config = apply_overrides(config, {"cluster": cluster})
+    key = (epoch,) if step == 0 else (epoch, step)
+    features = np.load(run / "features.npy")
+    return build_method(config).assign(features, seed=derive_seed(SEED, "assign", *key)).labels
+
+
+def test_process_batches_together_are_the_batch() -> None:
+    epoch_sample = np.random.default_rng(0).permutation(1000)
+    for world in (1, 2, 4):
+        for step in (0, 3):
+            parts = [
+                epoch_sample[Processes(rank=r, world_size=world).batch_part(step, 64)] for r in range(world)
+            ]
+            np.testing.assert_array_equal(np.concatenate(parts), epoch_sample[step * 64 : (step + 1) * 64])
+    assert [shard_range(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+
+
+def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_path: Path) -> None:
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    done = _train(data, whole, "--distributed-kmeans")
+    _check_complete(whole, 2, done)
+    # The distributed k-means (PCA and Lloyd over the processes' shards) is the single-process torch k-means.
+    last = np.load(whole / "labels" / "epoch_001.npy")
+    np.testing.assert_array_equal(last, _single_process_labels(whole, 1, 0, kmeans_backend="torch"))
+    assert np.bincount(last, minlength=8).min() >= 1
+
+    _train(data, broken, "--distributed-kmeans", epochs=1)
+    _torchrun(["--resume", str(broken), "--epochs", "2", "--no-progress"], tmp_path)
+    ours = torch.load(broken / "checkpoints/last.pt", weights_only=False)
+    theirs = torch.load(whole / "checkpoints/last.pt", weights_only=False)
+    for name, value in theirs["model"].items():
+        assert torch.equal(ours["model"][name], value), name
+    assert (broken / "labels.csv").read_text() == (whole / "labels.csv").read_text()
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "last_update"),
+    [
+        ("sela", ["--set", "sela.heads=2"], (1, STEPS_PER_EPOCH)),
+        (
+            "deepercluster",
+            ["--set", "deepercluster.super_clusters=2", "--set", "cluster.recluster_every=1"],
+            (1, 0),
+        ),
+    ],
+)
+def test_method_on_two_processes_agrees_with_one(
+    data: Path, tmp_path: Path, method: str, extra: list[str], last_update: tuple[int, int]
+) -> None:
+    run = tmp_path / method
+    done = _train(data, run, "--method", method, *extra)
+    _check_complete(run, 2, done)
+    # Values extracted shard by shard and gathered, then assigned by the main process: the single-process labels.
+    last = np.load(run / "labels" / "epoch_001.npy")
+    np.testing.assert_array_equal(last, _single_process_labels(run, *last_update))
