@@ -138,3 +138,16 @@ def test_method_on_two_processes_agrees_with_one(
     # Values extracted shard by shard and gathered, then assigned by the main process: the single-process labels.
     last = np.load(run / "labels" / "epoch_001.npy")
     np.testing.assert_array_equal(last, _single_process_labels(run, *last_update))
+
+
+def test_a_single_process_run_sets_up_nothing_distributed(data: Path, tmp_path: Path) -> None:
+    from deepcluster.engine.trainer import Trainer
+    from synthetic import small_config
+
+    assert "WORLD_SIZE" not in os.environ
+    trainer = Trainer(small_config(data, tmp_path / "run", run={"epochs": 1}, optim={"epoch_size": 64}))
+    result = trainer.fit()
+    assert not torch.distributed.is_initialized()
+    assert not trainer.procs.distributed and trainer.procs.is_main
+    assert trainer.train_backbone is trainer.backbone and trainer.train_heads is trainer.heads
+    assert len(result.history) == 1
