@@ -47,7 +47,14 @@ def small_config(data: Path | str, out: Path, **sections: dict) -> TrainConfig:
         "data": {"data": str(data)},
         "cluster": {"k": 8, "pca_dim": 16},
         "optim": {"batch_size": 32},
-        "run": {"epochs": 2, "out": str(out), "progress": False, "checkpoint_every": 2, "seed": 3},
+        "run": {
+            "epochs": 2,
+            "out": str(out),
+            "progress": False,
+            "checkpoint_every": 2,
+            "seed": 3,
+            "report": False,
+        },
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)

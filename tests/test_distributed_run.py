@@ -48,7 +48,7 @@ def _train(data: Path, out: Path, *extra: str, epochs: int = 2) -> subprocess.Co
             "--data", str(data), "--out", str(out), "--k", "8", "--batch-size", str(BATCH),
             "--epoch-size", str(EPOCH_SIZE), "--epochs", str(epochs), "--seed", str(SEED), "--no-progress",
             "--save-features", "--set", "cluster.pca_dim=16", "--set", "optim.schedule=constant",
-            "--set", "run.checkpoint_every=0", *extra,
+            "--set", "run.checkpoint_every=0", "--set", "run.report=false", *extra,
         ],
         out.parent,
     )  # fmt: skip

@@ -238,6 +238,42 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def _add_report_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "report",
+        help="(re)build a run's HTML report: curves, cluster grids, what the filters see",
+        description="Write RUN_DIR/report/index.html (opens from disk) with its PNGs; thumbnails are cached.",
+    )
+    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--clusters", type=int, default=20, help="largest clusters shown as grids (default 20)")
+    p.add_argument("--per-cluster", type=int, default=36, help="images per cluster grid (default 36)")
+    p.add_argument("--channels", type=int, default=8, help="channels shown per deeper layer (default 8)")
+    p.add_argument(
+        "--gradient-ascent",
+        action="store_true",
+        help="also the paper's gradient-ascent filter pictures (slow)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from deepcluster.report.build import ReportOptions, build_report
+
+    for option in ("clusters", "per_cluster", "channels"):
+        if getattr(args, option) < 1:
+            raise ConfigError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= 1")
+    options = ReportOptions(
+        clusters=args.clusters,
+        per_cluster=args.per_cluster,
+        channels=args.channels,
+        gradient_ascent=args.gradient_ascent,
+        seed=args.seed,
+    )
+    print(f"report: {build_report(args.run_dir, options)}")
+    return 0
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
     from deepcluster.evaluate.runner import EvalConfig, evaluate, format_results
 
@@ -270,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train_parser(commands)
     _add_evaluate_parser(commands)
+    _add_report_parser(commands)
     return parser
 
 
@@ -291,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_train(args)
         if args.command == "evaluate":
             return _run_evaluate(args)
+        if args.command == "report":
+            return _run_report(args)
     except (ConfigError, DataError) as error:
         print(f"deepcluster: error: {error}", file=sys.stderr)
         return 2

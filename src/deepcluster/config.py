@@ -177,6 +177,8 @@ class RunConfig:
     `epochs`); None: run every epoch."""
     threads: int | None = None
     """CPU threads for torch and faiss; None: their defaults."""
+    report: bool = True
+    """Build the run's HTML report (`RUN/report/index.html`) when training ends."""
     dist_timeout_minutes: float = 180.0
     """Under torchrun: how long a process waits for the others in one collective (the first process decodes
     and clusters while the others wait)."""

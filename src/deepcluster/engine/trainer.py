@@ -711,6 +711,23 @@ class Trainer:
         log.info("epoch %d done: %s", epoch, _format_stats(ordered))
 
     # ---------------------------------------------------------------- the run
+    def _build_report(self) -> None:
+        """The run's HTML report; a failure is logged with the command that rebuilds it, never fatal."""
+        from deepcluster.report.build import build_report
+
+        started = time.perf_counter()
+        try:
+            page = build_report(self.run_dir.root)
+        except Exception as error:  # the run itself is complete: keep it, say how to retry
+            log.warning(
+                "the report could not be built (%s: %s); rebuild it with: deepcluster report %s",
+                type(error).__name__,
+                error,
+                self.run_dir.root,
+            )
+            return
+        log.info("report: %s (%.0f s)", page, time.perf_counter() - started)
+
     def _out_of_time(self, started: float) -> bool:
         """True when `run.max_minutes` is set and one more epoch (as long as the last) would overrun it (the
         main process's clock decides for all)."""
@@ -743,6 +760,8 @@ class Trainer:
                 self.run_dir.write_labels_csv(
                     self.decoded.indices, names, self.state.labels, self.true_labels
                 )
+                if cfg.run.report:
+                    self._build_report()
             log.info("finished: %s", json.dumps(self.state.history[-1]) if self.state.history else "no epoch")
             return RunResult(
                 self.run_dir.root, self.state.labels, self.decoded.indices, self.state.history, self.backbone

@@ -1,0 +1,214 @@
+"""Build a run's report: `RUN/report/index.html` with its PNGs, from what the run directory holds.
+
+Curves come from metrics.jsonl; cluster grids from labels.csv, the trained network (to order each cluster's
+images by their distance to its centroid) and cached thumbnails; filters from the checkpoint. Only the images
+shown are ever read: a report of a large run decodes a few thousand images, not the data set.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+
+from deepcluster.config import ConfigError, load_config
+from deepcluster.data.decode import square_image
+from deepcluster.data.sources import ImageSource, open_source
+from deepcluster.data.views import ClusterView
+from deepcluster.engine.run_dir import RunDir, read_labels_csv
+from deepcluster.evaluate.runner import load_model
+from deepcluster.report.curves import plot_curves
+from deepcluster.report.filters import (
+    default_channels,
+    default_taps,
+    first_layer_filters,
+    gradient_ascent_grid,
+    top_activating_images,
+)
+from deepcluster.report.grids import all_clusters_overview, cluster_grids
+from deepcluster.report.page import Section, config_block, evaluation_block, render_page, write_page
+from deepcluster.report.picture import Picture
+from deepcluster.report.thumbnails import ThumbnailCache
+
+
+@dataclass
+class ReportOptions:
+    """What the report shows."""
+
+    clusters: int = 20
+    """Largest clusters shown as grids of their images."""
+    per_cluster: int = 36
+    """Images per cluster grid, nearest the centroid first."""
+    members: int = 128
+    """Members of a cluster embedded to find its centroid and order the grid (the network's cost of a grid)."""
+    overview_max_k: int = 100
+    """A page of every cluster when k is at most this."""
+    thumbnail_size: int = 64
+    activation_sample: int = 1000
+    """Images searched for the ones that excite each chosen channel most."""
+    channels: int = 8
+    """Channels shown per deeper layer."""
+    gradient_ascent: bool = False
+    """Also the paper's gradient-ascent picture of each chosen channel (slow)."""
+    gradient_steps: int = 100
+    seed: int = 0
+    batch_size: int = 128
+
+
+def _history(run: RunDir) -> list[dict]:
+    if not run.metrics.is_file():
+        return []
+    return [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
+
+
+def _last_labels(run: RunDir) -> np.ndarray | None:
+    files = sorted((run.root / "labels").glob("epoch_*.npy"))
+    return np.load(files[-1]) if files else None
+
+
+def _decode(source: ImageSource, indices: np.ndarray, resize: int, input_size: int) -> torch.Tensor:
+    """uint8 [n, 3, resize, resize] of the source's images `indices` (as the run decoded them)."""
+    out = torch.empty((len(indices), 3, resize, resize), dtype=torch.uint8)
+    for row, index in enumerate(indices):
+        out[row] = TF.pil_to_tensor(square_image(source.load(int(index)), resize, input_size))
+    return out
+
+
+def _embedder(
+    backbone: torch.nn.Module,
+    source: ImageSource,
+    view: ClusterView,
+    resize: int,
+    input_size: int,
+    batch: int,
+) -> Callable[[np.ndarray], np.ndarray]:
+    """source indices -> the trained network's embedding of those images (cluster view, eval mode)."""
+
+    @torch.no_grad()
+    def embed(indices: np.ndarray) -> np.ndarray:
+        backbone.eval()
+        parts = [
+            backbone(view(_decode(source, indices[start : start + batch], resize, input_size)))
+            .float()
+            .numpy()
+            for start in range(0, len(indices), batch)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+
+    return embed
+
+
+def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> Path:
+    """(Re)build `run_dir/report/index.html` and its pictures; returns the page's path. Thumbnails made by an
+    earlier build are reused."""
+    options = options or ReportOptions()
+    run = RunDir(run_dir)
+    if not run.config.is_file():
+        raise ConfigError(f"report {run_dir}: no config.yaml there; is it a run directory?")
+    config = load_config(run.config)
+    out = run.root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    history = _history(run)
+    sections = [
+        Section(
+            "Training curves",
+            plot_curves(history, _last_labels(run), out, n_clusters=config.cluster.k),
+            note=f"{len(history)} epoch(s) of {config.method}; numbers per epoch from metrics.jsonl.",
+        )
+    ]
+    if run.labels_csv.is_file() and run.checkpoint.is_file():
+        sections += _network_sections(run, config, out, options)
+    evaluation = run.root / "evaluation.json"
+    if evaluation.is_file():
+        sections.append(Section("Evaluation", html=evaluation_block(json.loads(evaluation.read_text()))))
+    sections.append(Section("Configuration", html=config_block(run.config.read_text())))
+    page = out / "index.html"
+    title = f"{config.method} run {run.root.name}"
+    write_page(page, render_page(title, sections, generated=time.strftime("%Y-%m-%d %H:%M")))
+    return page
+
+
+def _network_sections(run: RunDir, config, out: Path, options: ReportOptions) -> list[Section]:  # noqa: ANN001
+    """Cluster grids and filter pictures: they need the labels and the trained network."""
+    table = read_labels_csv(run.labels_csv)
+    labels = table.labels[:, 0]
+    source = open_source(config.data.data, split=config.data.split)
+    true = None if source.labels is None else np.asarray(source.labels)[table.indices]
+    model = load_model(run.root)
+    backbone = model.backbone.eval()
+    view = ClusterView(model.input_size, model.mean, model.std)
+    thumbs = ThumbnailCache(out / "thumbnails", source, options.thumbnail_size)
+    embed = _embedder(backbone, source, view, model.resize, model.input_size, options.batch_size)
+    for stale in (out / "clusters").glob("*.png"):  # an earlier build may have shown other clusters
+        stale.unlink()
+    grids = cluster_grids(
+        labels, table.indices, embed, thumbs, out, n_clusters=options.clusters, per_cluster=options.per_cluster,
+        true_labels=true, class_names=source.classes, max_members=options.members, seed=options.seed,
+    )  # fmt: skip
+    k = int(labels.max()) + 1
+    sizes = np.bincount(labels, minlength=k)
+    sections = [
+        Section(
+            f"The {len(grids)} largest clusters",
+            grids,
+            note=f"{k} clusters, {int((sizes > 0).sum())} non-empty; each grid starts with the images nearest the "
+            "cluster's centroid (trained network's embedding, L2-normalised).",
+        )
+    ]
+    if k <= options.overview_max_k:
+        overview = all_clusters_overview(
+            labels,
+            table.indices,
+            thumbs,
+            out,
+            true_labels=true,
+            class_names=source.classes,
+            seed=options.seed,
+        )
+        sections.append(
+            Section("Every cluster", overview, note="Random members of every cluster, largest first.")
+        )
+    sections.append(Section("What the filters see", _filter_pictures(backbone, source, table.indices, view,
+                                                                      thumbs, model, out, options)))  # fmt: skip
+    return sections
+
+
+def _filter_pictures(
+    backbone: torch.nn.Module,
+    source: ImageSource,
+    indices: np.ndarray,
+    view: ClusterView,
+    thumbs: ThumbnailCache,
+    model,  # noqa: ANN001
+    out: Path,
+    options: ReportOptions,
+) -> list[Picture]:
+    pictures = [first_layer_filters(backbone, out / "filters" / "conv1.png", "filters/conv1.png")]
+    rng = np.random.default_rng(options.seed)
+    sample = np.sort(rng.choice(indices, size=min(options.activation_sample, len(indices)), replace=False))
+    images = _decode(source, sample, model.resize, model.input_size)
+    pictures_of_sample = thumbs.get(sample)
+    for tap in default_taps(backbone):
+        channels = default_channels(backbone, tap, options.channels, options.seed)
+        rel = f"filters/top_{tap}.png"
+        pictures.append(
+            top_activating_images(
+                backbone, images, view, pictures_of_sample, tap, channels, out / rel, rel,
+                batch_size=options.batch_size,
+            )
+        )  # fmt: skip
+        if options.gradient_ascent:
+            rel = f"filters/ascent_{tap}.png"
+            pictures.append(
+                gradient_ascent_grid(
+                    backbone, tap, channels, model.input_size, out / rel, rel, steps=options.gradient_steps,
+                    seed=options.seed,
+                )
+            )  # fmt: skip
+    return pictures
