@@ -86,6 +86,17 @@ def test_every_method_gets_a_report(npz_data: Path, tmp_path: Path, method: str,
     )
 
 
+def test_a_label_transfer_run_gets_a_report(npz_data: Path, deepcluster_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "transfer"
+    config = small_config(npz_data, out, **FAST, transfer={"labels": str(deepcluster_run / "labels.csv")})
+    config.method = "transfer"
+    train(config)
+    build_report(out, ReportOptions(clusters=3, activation_sample=48, channels=2))
+    html = _check_report(out)
+    sources = referenced_images(html)
+    assert "curves/loss.png" in sources and any(s.startswith("clusters/cluster_") for s in sources)
+
+
 def test_a_run_without_true_labels_gets_a_report(unlabelled_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "flat"
     train(small_config(unlabelled_folder, out, **FAST))
