@@ -18,7 +18,7 @@ from deepcluster.engine.trainer import train
 from synthetic import small_config, write_pattern_npz
 
 SMALL_RUN = ["--k", "8", "--batch-size", "16", "--epochs", "2", "--seed", "3", "--no-progress"]
-SMALL_SET = ["--set", "cluster.pca_dim=16"]
+SMALL_SET = ["--set", "cluster.pca_dim=16", "--set", "run.report=false"]
 
 
 @pytest.fixture(scope="module")

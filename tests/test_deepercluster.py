@@ -292,7 +292,7 @@ def test_method_deepercluster_from_the_command_line(npz_data: Path, tmp_path: Pa
     code = main(
         ["train", "--method", "deepercluster", "--super-clusters", "2", "--no-rotations", "--data", str(npz_data),
          "--out", str(out), "--k", "8", "--epochs", "1", "--batch-size", "32", "--set", "cluster.pca_dim=16",
-         "--no-progress", "-q"]
+         "--set", "run.report=false", "--no-progress", "-q"]
     )  # fmt: skip
     assert code == 0 and "nmi_true=" in capsys.readouterr().out
     config = load_config(out / "config.yaml")

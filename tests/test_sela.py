@@ -186,7 +186,7 @@ def test_label_transfer_trains_another_architecture_on_every_head(
     out = tmp_path / "transfer"
     code = main(
         ["train", "--labels", str(sela_run / "labels.csv"), "--data", str(npz_data), "--arch", "resnet18",
-         "--out", str(out), "--epochs", "1", "--batch-size", "32", "--no-progress", "-q"]
+         "--out", str(out), "--epochs", "1", "--batch-size", "32", "--set", "run.report=false", "--no-progress", "-q"]
     )  # fmt: skip
     assert code == 0
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
@@ -231,7 +231,7 @@ def test_method_sela_from_the_command_line(npz_data: Path, tmp_path: Path, capsy
     out = tmp_path / "run"
     code = main(
         ["train", "--method", "sela", "--data", str(npz_data), "--out", str(out), "--k", "8", "--epochs", "1",
-         "--batch-size", "32", "--set", "sela.heads=2", "--no-progress", "-q"]
+         "--batch-size", "32", "--set", "sela.heads=2", "--set", "run.report=false", "--no-progress", "-q"]
     )  # fmt: skip
     assert code == 0 and "nmi_true=" in capsys.readouterr().out
     with (out / "labels.csv").open() as handle:
