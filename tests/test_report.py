@@ -125,6 +125,11 @@ def test_the_cli_rebuilds_the_report_reusing_the_thumbnails(deepcluster_run: Pat
         "stale grids are removed"
     )
     assert main(["report", str(deepcluster_run / "missing")]) == 2
+    assert main(["report", str(deepcluster_run), "--tap", "conv5:1,3", "--clusters", "2", "-q"]) == 0
+    sources = referenced_images((deepcluster_run / "report" / "index.html").read_text())
+    assert [s for s in sources if s.startswith("filters/top_")] == ["filters/top_conv5.png"]
+    assert main(["report", str(deepcluster_run), "--tap", "conv9", "-q"]) == 2
+    assert main(["report", str(deepcluster_run), "--tap", "conv5:100000", "-q"]) == 2
 
 
 def test_headless_chromium_renders_curves_and_grids(deepcluster_run: Path, tmp_path: Path) -> None:

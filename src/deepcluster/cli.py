@@ -249,6 +249,13 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--per-cluster", type=int, default=36, help="images per cluster grid (default 36)")
     p.add_argument("--channels", type=int, default=8, help="channels shown per deeper layer (default 8)")
     p.add_argument(
+        "--tap",
+        action="append",
+        metavar="LAYER[:C,C,...]",
+        help="a layer to show (e.g. conv5, or conv5:3,17,42 for chosen channels); repeatable "
+        "(default: a middle and the last conv layer, --channels random channels each)",
+    )
+    p.add_argument(
         "--gradient-ascent",
         action="store_true",
         help="also the paper's gradient-ascent filter pictures (slow)",
@@ -263,7 +270,15 @@ def _run_report(args: argparse.Namespace) -> int:
     for option in ("clusters", "per_cluster", "channels"):
         if getattr(args, option) < 1:
             raise ConfigError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= 1")
+    taps: dict[str, list[int]] = {}
+    for item in args.tap or []:
+        layer, _, channels = item.partition(":")
+        try:
+            taps[layer] = [int(c) for c in channels.split(",") if c.strip()]
+        except ValueError:
+            raise ConfigError(f"--tap {item}: expected LAYER or LAYER:C,C,... with channel numbers") from None
     options = ReportOptions(
+        taps=taps or None,
         clusters=args.clusters,
         per_cluster=args.per_cluster,
         channels=args.channels,

@@ -29,6 +29,8 @@ from deepcluster.report.filters import (
     default_taps,
     first_layer_filters,
     gradient_ascent_grid,
+    tap_channels,
+    tap_names,
     top_activating_images,
 )
 from deepcluster.report.grids import all_clusters_overview, cluster_grids
@@ -53,7 +55,9 @@ class ReportOptions:
     activation_sample: int = 1000
     """Images searched for the ones that excite each chosen channel most."""
     channels: int = 8
-    """Channels shown per deeper layer."""
+    """Channels shown per deeper layer (drawn at random with the seed, unless `taps` names them)."""
+    taps: dict[str, list[int]] | None = None
+    """Layers and channels to show, e.g. {"conv5": [3, 17]}; None: a middle and the last conv layer."""
     gradient_ascent: bool = False
     """Also the paper's gradient-ascent picture of each chosen channel (slow)."""
     gradient_steps: int = 100
@@ -194,8 +198,17 @@ def _filter_pictures(
     sample = np.sort(rng.choice(indices, size=min(options.activation_sample, len(indices)), replace=False))
     images = _decode(source, sample, model.resize, model.input_size)
     pictures_of_sample = thumbs.get(sample)
-    for tap in default_taps(backbone):
-        channels = default_channels(backbone, tap, options.channels, options.seed)
+    chosen = options.taps or {tap: [] for tap in default_taps(backbone)}
+    for tap, given in chosen.items():
+        if tap not in tap_names(backbone):
+            raise ConfigError(
+                f"--tap {tap}: no such layer in {model.arch}; choose from {', '.join(tap_names(backbone))}"
+            )
+        count = tap_channels(backbone, tap, model.input_size)
+        if any(not 0 <= c < count for c in given):
+            raise ConfigError(f"--tap {tap}:{','.join(map(str, given))}: {tap} has channels 0..{count - 1}")
+    for tap, given in chosen.items():
+        channels = list(given) or default_channels(backbone, tap, options.channels, options.seed)
         rel = f"filters/top_{tap}.png"
         pictures.append(
             top_activating_images(
