@@ -27,7 +27,7 @@ from synthetic import write_pattern_npz
 N_IMAGES = 160
 SEED = 3
 BATCH = 32
-EPOCH_SIZE = 96
+EPOCH_SIZE = 64
 STEPS_PER_EPOCH = EPOCH_SIZE // BATCH
 
 

@@ -522,7 +522,8 @@ class Trainer:
         state.labels = assignment.labels
         record = state.record
         record.update(assignment.stats)
-        record.update(_label_metrics(state.prev_labels, state.labels, self.true_labels))
+        if self.procs.is_main:  # only the main process's history is written
+            record.update(_label_metrics(state.prev_labels, state.labels, self.true_labels))
         record["label_updates"] = record.get("label_updates", 0) + 1
         record["seconds_extract"] = record.get("seconds_extract", 0.0) + extracted - started
         record["seconds_assign"] = record.get("seconds_assign", 0.0) + assigned - extracted

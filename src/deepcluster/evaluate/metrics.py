@@ -11,7 +11,14 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
+
+
+def _sklearn_metrics() -> Any:
+    """scikit-learn's metrics, imported on first use: the import takes about 2 s, which every process that
+    only trains (e.g. each of torchrun's) would otherwise pay at start-up."""
+    import sklearn.metrics
+
+    return sklearn.metrics
 
 
 def _check_pair(
@@ -46,19 +53,19 @@ def contingency_matrix(labels: Any, true_labels: Any) -> tuple[np.ndarray, np.nd
 def nmi(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
     """Normalised mutual information (arithmetic normalisation, as scikit-learn's default)."""
     a, b = _check_pair(labels_a, labels_b, ("labels_a", "labels_b"))
-    return float(normalized_mutual_info_score(a, b))
+    return float(_sklearn_metrics().normalized_mutual_info_score(a, b))
 
 
 def adjusted_nmi(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
     """Adjusted mutual information (NMI corrected for chance; 0 for random labellings, 1 for identical)."""
     a, b = _check_pair(labels_a, labels_b, ("labels_a", "labels_b"))
-    return float(adjusted_mutual_info_score(a, b))
+    return float(_sklearn_metrics().adjusted_mutual_info_score(a, b))
 
 
 def ari(labels_a: np.ndarray, labels_b: np.ndarray) -> float:
     """Adjusted Rand index."""
     a, b = _check_pair(labels_a, labels_b, ("labels_a", "labels_b"))
-    return float(adjusted_rand_score(a, b))
+    return float(_sklearn_metrics().adjusted_rand_score(a, b))
 
 
 def hungarian_matching(labels: Any, true_labels: Any) -> dict[Any, Any]:
@@ -149,9 +156,9 @@ def clustering_report(labels: Any, true_labels: Any) -> dict[str, float | int]:
         "n_samples": int(total),
         "n_clusters": len(cluster_ids),
         "n_classes": len(class_ids),
-        "nmi": float(normalized_mutual_info_score(b, a)),
-        "adjusted_nmi": float(adjusted_mutual_info_score(b, a)),
-        "ari": float(adjusted_rand_score(b, a)),
+        "nmi": float(_sklearn_metrics().normalized_mutual_info_score(b, a)),
+        "adjusted_nmi": float(_sklearn_metrics().adjusted_mutual_info_score(b, a)),
+        "ari": float(_sklearn_metrics().adjusted_rand_score(b, a)),
         "hungarian_accuracy": float(counts[rows, cols].sum() / total),
         "majority_accuracy": float(counts.max(axis=1).sum() / total),
     }
