@@ -107,7 +107,9 @@ def test_a_run_without_true_labels_gets_a_report(unlabelled_folder: Path, tmp_pa
     assert "purity" not in html
 
 
-def test_the_cli_rebuilds_the_report_reusing_the_thumbnails(deepcluster_run: Path, capsys) -> None:  # noqa: ANN001
+def test_the_cli_rebuilds_the_report_reusing_the_thumbnails(
+    deepcluster_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     thumbnails = sorted((deepcluster_run / "report" / "thumbnails").iterdir())
     assert thumbnails
     stamps = {path: path.stat().st_mtime_ns for path in thumbnails}

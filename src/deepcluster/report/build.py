@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from deepcluster.config import ConfigError, load_config
+from deepcluster.config import ConfigError, TrainConfig, load_config
 from deepcluster.data.decode import square_image
 from deepcluster.data.sources import ImageSource, open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.run_dir import RunDir, read_labels_csv
-from deepcluster.evaluate.runner import load_model
+from deepcluster.evaluate.runner import LoadedModel, load_model
 from deepcluster.report.curves import plot_curves
 from deepcluster.report.filters import (
     default_channels,
@@ -138,7 +138,7 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> P
     return page
 
 
-def _network_sections(run: RunDir, config, out: Path, options: ReportOptions) -> list[Section]:  # noqa: ANN001
+def _network_sections(run: RunDir, config: TrainConfig, out: Path, options: ReportOptions) -> list[Section]:
     """Cluster grids and filter pictures: they need the labels and the trained network."""
     table = read_labels_csv(run.labels_csv)
     labels = table.labels[:, 0]
@@ -189,7 +189,7 @@ def _filter_pictures(
     indices: np.ndarray,
     view: ClusterView,
     thumbs: ThumbnailCache,
-    model,  # noqa: ANN001
+    model: LoadedModel,
     out: Path,
     options: ReportOptions,
 ) -> list[Picture]:
