@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deepcluster.config import default_resize
 from deepcluster.engine.device import resolve_device, resolve_precision
-from deepcluster.engine.trainer import default_resize
 from jpeg_archives import archive_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -135,7 +135,8 @@ def peak_memory() -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------- paths
 def run_fast(spec: dict) -> dict:
     """One epoch of `deepcluster train`; phase seconds from its metrics, decode + set-up from the wall time."""
-    from deepcluster.config import apply_overrides, load_config, preset_config
+    from deepcluster import load_config, preset_config
+    from deepcluster.config import apply_overrides
     from deepcluster.engine.trainer import train
 
     config = apply_overrides(

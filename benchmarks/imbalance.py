@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepcluster.cli import _parse_set
-from deepcluster.config import apply_overrides, preset_config
+from deepcluster import preset_config
+from deepcluster.cluster.metrics import nmi
+from deepcluster.config import apply_overrides, parse_set
 from deepcluster.engine.trainer import train
-from deepcluster.evaluate.metrics import nmi
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods import primary_labels
@@ -97,7 +97,7 @@ def main() -> None:
         data, sizes = imbalanced_archive(Path(args.data), level, args.limit or None, args.seed, work)
         print(f"{level}: {sizes.sum()} train images, class sizes {sizes.tolist()}", flush=True)
         for position, method in enumerate(args.methods.split(",")):
-            overrides = _parse_set(args.set)
+            overrides = parse_set(args.set)
             overrides["method"] = method
             overrides.setdefault("data", {}).update({"data": str(data), "split": "train"})
             overrides.setdefault("run", {}).update(

@@ -63,7 +63,8 @@ class _PeakWatcher(threading.Thread):
 
 def _child(args: argparse.Namespace) -> None:
     """Run one labelling in this process and print a JSON line."""
-    from deepcluster.config import apply_overrides, preset_config
+    from deepcluster import preset_config
+    from deepcluster.config import apply_overrides
     from deepcluster.methods import build_method
 
     features = np.load(args.features, mmap_mode="r")

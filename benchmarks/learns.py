@@ -25,20 +25,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepcluster.cli import _parse_set
+from deepcluster import load_config, preset_config
+from deepcluster.cluster.metrics import ari, nmi
 from deepcluster.cluster.preprocess import pca_whiten
-from deepcluster.config import apply_overrides, load_config, preset_config
+from deepcluster.config import apply_overrides, parse_set
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
-from deepcluster.engine.seeding import derive_seed, seed_everything
 from deepcluster.engine.trainer import train
 from deepcluster.evaluate.knn import weighted_knn_accuracy
 from deepcluster.evaluate.linear_probe import probe_pool_size
-from deepcluster.evaluate.metrics import ari, nmi
 from deepcluster.methods import build_method
 from deepcluster.models import build_backbone
+from deepcluster.seeding import derive_seed, seed_everything
 
 KNN_POOLED_DIM = 2048
 """Each conv layer is average-pooled to about this many values before its k-NN."""
@@ -106,7 +106,7 @@ def main() -> None:
     args = parser.parse_args()
 
     config = preset_config(args.preset)
-    overrides = _parse_set(args.set)
+    overrides = parse_set(args.set)
     overrides.setdefault("run", {}).update({"seed": args.seed, "progress": False})
     if args.epochs:
         overrides["run"]["epochs"] = args.epochs

@@ -24,20 +24,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepcluster.cli import _parse_set
-from deepcluster.config import apply_overrides, load_config, preset_config
+from deepcluster import load_config, preset_config
+from deepcluster.cluster.metrics import clustering_report
+from deepcluster.config import apply_overrides, parse_set
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
-from deepcluster.engine.seeding import derive_seed, seed_everything, torch_generator
 from deepcluster.engine.trainer import train
-from deepcluster.evaluate.metrics import clustering_report
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods import build_method, primary_labels
 from deepcluster.models import build_backbone
+from deepcluster.seeding import derive_seed, seed_everything, torch_generator
 from jpeg_archives import archive_rows
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_jpegbytes.npz"
@@ -105,7 +105,7 @@ def main() -> None:
     data = Path(args.data)
     if args.limit:
         data = subset_archive(data, args.limit, args.seed, work)
-    overrides = _parse_set(args.set)
+    overrides = parse_set(args.set)
     overrides.setdefault("data", {}).update({"data": str(data), "split": "train"})
     run = overrides.setdefault("run", {})
     run.update({"seed": args.seed, "progress": False, "out": args.out or str(work / "run")})

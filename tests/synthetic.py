@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepcluster.config import TrainConfig, apply_overrides, preset_config
+from deepcluster import preset_config
+from deepcluster.config import TrainConfig, apply_overrides
 
 SIZE = 16
 

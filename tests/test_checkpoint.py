@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.engine.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-from deepcluster.engine.seeding import capture_rng_state, derive_seed, restore_rng_state
+from deepcluster.seeding import capture_rng_state, derive_seed, restore_rng_state
+from deepcluster.storage import atomic_write_text, load_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trip_keeps_tensors_arrays_and_rng(tmp_path):

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from deepcluster.cli import main
-from deepcluster.engine.checkpoint import load_checkpoint
 from deepcluster.engine.trainer import train
+from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 
 SMALL_RUN = ["--k", "8", "--batch-size", "16", "--epochs", "2", "--seed", "3", "--no-progress"]

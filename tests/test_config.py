@@ -1,15 +1,9 @@
 import pytest
 import yaml
 
+from deepcluster import load_config, preset_config
 from deepcluster.cli import build_parser, build_train_config
-from deepcluster.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    dump_config,
-    load_config,
-    preset_config,
-)
+from deepcluster.config import ConfigError, TrainConfig, apply_overrides, dump_config
 
 
 def _train_args(*argv):

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster import load_config
 from deepcluster.cli import main
 from deepcluster.cluster import assign, kmeans, kmeans_on_sample
 from deepcluster.cluster.hierarchical import hierarchical_kmeans
-from deepcluster.config import load_config
 from deepcluster.data.rotations import decode_targets, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample, uniform_cluster_sample
-from deepcluster.engine.checkpoint import load_checkpoint
 from deepcluster.engine.trainer import Trainer, resume, train
 from deepcluster.methods import DeepCluster, DeeperCluster
 from deepcluster.methods.deepercluster import hierarchical_loss
 from deepcluster.models import HierarchicalHead
+from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 
 N_IMAGES = 160

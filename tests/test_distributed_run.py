@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.config import apply_overrides, load_config
+from deepcluster import load_config
+from deepcluster.config import apply_overrides
 from deepcluster.engine.distributed import Processes, shard_range
-from deepcluster.engine.seeding import derive_seed
 from deepcluster.methods import build_method
+from deepcluster.seeding import derive_seed
 from synthetic import write_pattern_npz
 
 N_IMAGES = 160

@@ -3,12 +3,12 @@ import argparse
 import pytest
 import torch
 
-from deepcluster.evaluate.checkpoint_import import (
+from deepcluster.models import build_backbone
+from deepcluster.models.checkpoint_import import (
     convert_state_dict,
     import_deepcluster_checkpoint,
     rename_key,
 )
-from deepcluster.models import build_backbone
 
 N_CLUSTERS = 10
 

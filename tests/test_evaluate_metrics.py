@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-from deepcluster.evaluate.metrics import (
+from deepcluster.cluster.metrics import (
     adjusted_nmi,
     ari,
     cluster_table,

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster.evaluate.checkpoint_import import ImportReport
 from deepcluster.evaluate.results import dumps_json, format_table, to_jsonable, write_json
+from deepcluster.models.checkpoint_import import ImportReport
 
 
 def test_format_table_aligns_columns():

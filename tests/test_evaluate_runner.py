@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from deepcluster.cli import main
+from deepcluster.cluster.metrics import nmi
 from deepcluster.engine.trainer import train
-from deepcluster.evaluate.metrics import nmi
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.models import build_backbone
 from synthetic import small_config, write_pattern_npz

@@ -15,6 +15,7 @@ from scipy import stats
 from torchvision import transforms as T
 
 from deepcluster.cluster.kmeans import kmeans
+from deepcluster.cluster.metrics import nmi
 from deepcluster.cluster.preprocess import pca_whiten
 from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD
 from deepcluster.data.decode import decode_images
@@ -23,7 +24,6 @@ from deepcluster.data.sources import FolderSource
 from deepcluster.data.views import ClusterView, TrainView, sample_crop_boxes
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
-from deepcluster.evaluate.metrics import nmi
 from deepcluster.models import build_backbone
 from synthetic import noise_image, pattern_images
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deepcluster.api import train
 from deepcluster.cli import main
-from deepcluster.engine.trainer import train
 from deepcluster.report.build import ReportOptions, build_report
 from deepcluster.report.page import referenced_images
 from synthetic import pattern_images, small_config, write_pattern_npz

@@ -14,20 +14,10 @@ from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD
 from deepcluster.data.views import ClusterView
 from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
-from deepcluster.report.filters import (
-    channel_means,
-    composed_sobel_filters,
-    default_channels,
-    default_taps,
-    filter_mosaic,
-    first_conv,
-    first_layer_filters,
-    gradient_ascent,
-    gradient_ascent_grid,
-    maximise_activation,
-    top_activating_images,
-    top_activating_indices,
-)
+from deepcluster.report.activations import channel_means, top_activating_images, top_activating_indices
+from deepcluster.report.ascent import gradient_ascent, gradient_ascent_grid, maximise_activation
+from deepcluster.report.filters import composed_sobel_filters, filter_mosaic, first_conv, first_layer_filters
+from deepcluster.report.taps import default_channels, default_taps
 from synthetic import pattern_images
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

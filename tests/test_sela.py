@@ -12,11 +12,11 @@ import torch
 
 from deepcluster.cli import main
 from deepcluster.config import ConfigError
-from deepcluster.engine.checkpoint import load_checkpoint
 from deepcluster.engine.trainer import Trainer, resume, train
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods.sela import default_lambda, multi_head_loss, update_steps
 from deepcluster.models import MultiHead
+from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 
 HEADS = 3

@@ -12,12 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from deepcluster.config import ConfigError, load_config
+from deepcluster import load_config
+from deepcluster.config import ConfigError
 from deepcluster.data.sources import DataError
-from deepcluster.engine.checkpoint import load_checkpoint
-from deepcluster.engine.seeding import derive_seed, torch_generator
 from deepcluster.engine.trainer import Trainer, TrainingDiverged, resume, train
 from deepcluster.models import ClassifierHead
+from deepcluster.seeding import derive_seed, torch_generator
+from deepcluster.storage import load_checkpoint
 from synthetic import SIZE, pattern_images, small_config, write_pattern_npz
 
 METRIC_KEYS = {"epoch", "loss", "kmeans_loss", "nmi_prev", "nmi_true", "ari_true", "n_empty", "seconds"}

@@ -4,13 +4,15 @@
 >>> config = deepcluster.preset_config("default")
 >>> config.run.epochs = 2
 >>> result = deepcluster.train(config)      # doctest: +SKIP
+
+The functions are imported on first use, so that `import deepcluster.config` stays light.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from deepcluster.config import ConfigError, TrainConfig, load_config, preset_config
+from deepcluster.config import ConfigError, TrainConfig, apply_overrides, dump_config
 
 if TYPE_CHECKING:
     from deepcluster.engine.trainer import RunResult
@@ -18,18 +20,50 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def train(config: TrainConfig) -> RunResult:
-    """Train `config` end to end; see `deepcluster.engine.trainer.train`."""
-    from deepcluster.engine.trainer import train as _train
+def preset_config(name: str = "default") -> TrainConfig:
+    """A named preset (`default` or `paper`) with every registered method's section; see `deepcluster.api`."""
+    from deepcluster import api
 
-    return _train(config)
+    return api.preset_config(name)
+
+
+def config_from_dict(raw: Any, origin: str = "config") -> TrainConfig:
+    """A config from nested settings; see `deepcluster.api.config_from_dict`."""
+    from deepcluster import api
+
+    return api.config_from_dict(raw, origin=origin)
+
+
+def load_config(path: Any) -> TrainConfig:
+    """A YAML settings file (a run's config.yaml reproduces the run); see `deepcluster.api.load_config`."""
+    from deepcluster import api
+
+    return api.load_config(path)
+
+
+def train(config: TrainConfig, **kwargs: Any) -> RunResult:
+    """Train `config` end to end, then build its report; see `deepcluster.api.train`."""
+    from deepcluster import api
+
+    return api.train(config, **kwargs)
 
 
 def resume(run_dir: str, epochs: int | None = None, **run_overrides: Any) -> RunResult:
-    """Continue a stopped run; see `deepcluster.engine.trainer.resume`."""
-    from deepcluster.engine.trainer import resume as _resume
+    """Continue a stopped run; see `deepcluster.api.resume`."""
+    from deepcluster import api
 
-    return _resume(run_dir, epochs=epochs, **run_overrides)
+    return api.resume(run_dir, epochs=epochs, **run_overrides)
 
 
-__all__ = ["ConfigError", "TrainConfig", "__version__", "load_config", "preset_config", "resume", "train"]
+__all__ = [
+    "ConfigError",
+    "TrainConfig",
+    "__version__",
+    "apply_overrides",
+    "config_from_dict",
+    "dump_config",
+    "load_config",
+    "preset_config",
+    "resume",
+    "train",
+]

@@ -6,93 +6,69 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import Field
 from typing import Any
 
-import yaml
-
 from deepcluster.config import (
+    CORE_SECTIONS,
     PRESETS,
     ConfigError,
+    OptionInfo,
     TrainConfig,
     apply_overrides,
-    config_from_dict,
-    load_config,
-    preset_config,
+    parse_set,
+    read_yaml,
+    section_options,
 )
-
-# flag -> (section, option); the value is taken as the flag's parsed type.
-TRAIN_FLAGS: dict[str, tuple[str, str]] = {
-    "data": ("data", "data"),
-    "data_root": ("data", "data_root"),
-    "split": ("data", "split"),
-    "input_size": ("data", "input_size"),
-    "arch": ("model", "arch"),
-    "k": ("cluster", "k"),
-    "super_clusters": ("deepercluster", "super_clusters"),
-    "epochs": ("run", "epochs"),
-    "batch_size": ("optim", "batch_size"),
-    "epoch_size": ("optim", "epoch_size"),
-    "lr": ("optim", "lr"),
-    "seed": ("run", "seed"),
-    "device": ("run", "device"),
-    "precision": ("run", "precision"),
-    "out": ("run", "out"),
-    "threads": ("run", "threads"),
-    "checkpoint_every": ("run", "checkpoint_every"),
-}
+from deepcluster.methods import METHODS, MethodRegistry
 
 
-def _add_train_parser(commands: argparse._SubParsersAction) -> None:
+def _section_classes(methods: MethodRegistry) -> dict[str, type]:
+    return {**CORE_SECTIONS, **methods.sections}
+
+
+def _flagged(methods: MethodRegistry) -> Iterator[tuple[str, Field[Any], OptionInfo]]:
+    """(section, field, info) of every option that has a command-line flag, core sections first."""
+    for section, kind in _section_classes(methods).items():
+        for item, info in section_options(kind):
+            if info.flag:
+                yield section, item, info
+
+
+def _dest(section: str, name: str) -> str:
+    return f"{section}__{name}"
+
+
+def _value_type(item: Field[Any]) -> type:
+    first = str(item.type).split("|")[0].strip()
+    return {"int": int, "float": float}.get(first, str)
+
+
+def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegistry) -> None:
     p = commands.add_parser(
         "train",
         help="train a network by alternating clustering and classification",
-        description="Train DeepCluster, DeeperCluster, SeLa, or any architecture on a run's labels (--labels). "
-        "With no --data, runs on the embedded CIFAR-10 test split (10,000 images).",
+        description="Train a method of the DeepCluster family, or any architecture on a run's labels (--labels). "
+        "With no --data, runs on the embedded CIFAR-10 test split (10,000 images). Every setting can also be "
+        "given with --set SECTION.OPTION=VALUE or in a --config YAML file.",
     )
-    p.add_argument("--method", help="deepcluster (default), deepercluster or sela")
-    p.add_argument(
-        "--labels",
-        metavar="LABELS_CSV",
-        help="train on the labels a run wrote (RUN_DIR/labels.csv), with any --arch: label transfer",
-    )
-    p.add_argument(
-        "--data", help="image folder, .npz archive, file list, or data set name (cifar10, stl10, ...)"
-    )
-    p.add_argument("--data-root", help="root folder of a named torchvision data set (default ./data)")
-    p.add_argument("--split", help="split of an archive or named data set (default: train)")
-    p.add_argument("--download", action="store_true", help="let torchvision download a named data set")
-    p.add_argument("--out", help="run directory (default runs/<method>-<date>-<time>)")
-    p.add_argument("--arch", help="alexnet, alexnet_small, vgg16, vgg16_small, resnet18, resnet50")
-    p.add_argument(
-        "--input-size", type=int, help="side of the network's input in pixels (default: from data)"
-    )
-    p.add_argument("--k", type=int, help="number of clusters")
-    p.add_argument(
-        "--super-clusters", type=int, help="deepercluster: super-clusters m (k must be a multiple; default 4)"
-    )
-    p.add_argument(
-        "--no-rotations",
-        action="store_true",
-        help="deepercluster: no rotation targets (hierarchical k-means only)",
-    )
-    p.add_argument(
-        "--distributed-kmeans",
-        action="store_true",
-        help="under torchrun: k-means over the processes' shards (all-reduced) instead of gathering the features",
-    )
-    p.add_argument("--epochs", type=int, help="number of epochs")
-    p.add_argument("--batch-size", type=int, help="training batch size")
-    p.add_argument("--epoch-size", type=int, help="images drawn per epoch (default: data set size)")
-    p.add_argument("--lr", type=float, help="learning rate")
-    p.add_argument("--seed", type=int, help="random seed")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--precision", help="fp32, bf16 or auto")
-    p.add_argument("--threads", type=int, help="CPU threads for torch and faiss")
-    p.add_argument("--checkpoint-every", type=int, help="iterations between mid-epoch checkpoints (0: off)")
-    p.add_argument("--save-features", action="store_true", help="write the last clustering features")
-    p.add_argument("--no-sobel", action="store_true", help="feed RGB instead of Sobel-filtered grayscale")
+    described = "; ".join(f"{m.name}: {m.summary}" if m.summary else m.name for m in methods)
+    p.add_argument("--method", help=f"{described} (default deepcluster)")
+    for section, item, info in _flagged(methods):
+        dest = _dest(section, item.name)
+        if item.type == "bool":
+            what = f"turn off {section}.{item.name}: " if item.default else ""
+            p.add_argument(info.flag, dest=dest, action="store_true", help=what + info.help)
+            continue
+        shown = "" if item.default is None or "default" in info.help else f" (default {item.default})"
+        p.add_argument(
+            info.flag,
+            dest=dest,
+            type=_value_type(item),
+            metavar=info.metavar or item.name.upper(),
+            help=info.help + shown,
+        )
     p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration to start from")
     p.add_argument("--config", help="YAML file with settings (a run's config.yaml reproduces it)")
     p.add_argument(
@@ -103,102 +79,63 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
         help="set any option, e.g. --set optim.schedule=cosine (repeatable)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
-def _parse_set(items: Sequence[str]) -> dict[str, dict[str, Any]]:
-    overrides: dict[str, dict[str, Any]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, option = key.partition(".")
-        if not sep or not dot or not option:
-            raise ConfigError(
-                f"--set {item}: expected SECTION.OPTION=VALUE, e.g. --set optim.schedule=cosine"
-            )
-        overrides.setdefault(section, {})[option] = yaml.safe_load(value)
-    return overrides
+def _given(args: argparse.Namespace, methods: MethodRegistry) -> list[tuple[str, str, OptionInfo, Any]]:
+    """(section, option, info, value) of every flagged option given on the command line (a bool flag's value is
+    the opposite of the option's default)."""
+    found = []
+    for section, item, info in _flagged(methods):
+        raw = getattr(args, _dest(section, item.name))
+        if raw is not None and raw is not False:
+            found.append((section, item.name, info, (not item.default) if item.type == "bool" else raw))
+    return found
 
 
-def build_train_config(args: argparse.Namespace) -> TrainConfig:
+def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHODS) -> TrainConfig:
     """Preset, then --config file, then --set, then the named flags (later wins)."""
     if args.config:
-        config = load_config(args.config)
+        raw = read_yaml(args.config)
         if args.preset:
-            raw = yaml.safe_load(Path(args.config).read_text()) or {}
             raw["preset"] = args.preset
-            config = config_from_dict(raw, origin=f"--config {args.config}")
+        config = methods.from_dict(raw, origin=f"--config {args.config}")
     else:
-        config = preset_config(args.preset or "default")
-    config = apply_overrides(config, _parse_set(args.set), origin="--set")
-    flags: dict[str, dict[str, Any]] = {}
-    for flag, (section, option) in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            flags.setdefault(section, {})[option] = value
+        config = methods.preset(args.preset or "default")
+    config = apply_overrides(config, parse_set(args.set), origin="--set")
+    flags: dict[str, Any] = {}
+    for section, name, info, value in _given(args, methods):
+        flags.setdefault(section, {})[name] = value
+        if info.selects_method and not args.method:
+            flags["method"] = info.selects_method
     if args.method:
         flags["method"] = args.method
-    if args.labels:
-        flags["method"] = "transfer"
-        flags["transfer"] = {"labels": args.labels}
-        if args.method and args.method != "transfer":
-            raise ConfigError(
-                f"--labels trains on given labels and cannot be combined with --method {args.method}"
-            )
-    if args.download:
-        flags.setdefault("data", {})["download"] = True
-    if args.save_features:
-        flags.setdefault("run", {})["save_features"] = True
-    if args.no_sobel:
-        flags.setdefault("model", {})["sobel"] = False
-    if args.distributed_kmeans:
-        flags.setdefault("cluster", {})["distributed_kmeans"] = True
-    if args.no_rotations:
-        flags.setdefault("deepercluster", {})["rotations"] = False
-    if args.no_progress:
-        flags.setdefault("run", {})["progress"] = False
     return apply_overrides(config, flags, origin="command line")
 
 
-RESUMABLE = {"epochs", "device", "threads", "no_progress"}
+def _resume_overrides(args: argparse.Namespace, methods: MethodRegistry) -> dict[str, Any]:
+    """The `run` options a resume changes; ConfigError naming the given flags that it may not change."""
+    given = _given(args, methods)
+    fixed = [info.flag for _, _, info, _ in given if not info.resumable]
+    fixed += [f"--{name}" for name in ("config", "preset", "method", "set") if getattr(args, name)]
+    if fixed:
+        allowed = ", ".join(info.flag for _, _, info in _flagged(methods) if info.resumable)
+        raise ConfigError(
+            f"--resume: {', '.join(fixed)} cannot be changed when resuming; a resumed run keeps its config.yaml "
+            f"(only {allowed} may change)"
+        )
+    for section, name, _, _ in given:
+        assert section == "run", f"a resume changes options of the run section only, not {section}.{name}"
+    return {name: value for _, name, _, value in given}
 
 
-def _run_train(args: argparse.Namespace) -> int:
-    from deepcluster.engine.trainer import resume, train
+def _run_train(args: argparse.Namespace, methods: MethodRegistry) -> int:
+    from deepcluster.api import resume, train
 
     if args.resume:
-        given = {flag for flag in TRAIN_FLAGS if getattr(args, flag) is not None}
-        given |= {name for name in ("config", "preset", "method", "labels") if getattr(args, name)}
-        given |= {
-            name
-            for name in (
-                "download",
-                "save_features",
-                "no_sobel",
-                "no_rotations",
-                "distributed_kmeans",
-                "no_progress",
-            )
-            if getattr(args, name)
-        }
-        if args.set:
-            given.add("set")
-        fixed = sorted(given - RESUMABLE)
-        if fixed:
-            raise ConfigError(
-                f"--resume: {', '.join('--' + f.replace('_', '-') for f in fixed)} cannot be changed when resuming; "
-                "a resumed run keeps its config.yaml (only --epochs, --device, --threads, --no-progress may change)"
-            )
-        overrides: dict[str, Any] = {}
-        if args.device:
-            overrides["device"] = args.device
-        if args.threads:
-            overrides["threads"] = args.threads
-        if args.no_progress:
-            overrides["progress"] = False
-        result = resume(args.resume, epochs=args.epochs, **overrides)
+        result = resume(args.resume, **_resume_overrides(args, methods))
     else:
-        result = train(build_train_config(args))
+        result = train(build_train_config(args, methods))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process reports for all
         return 0
     last = result.history[-1] if result.history else {}
@@ -316,10 +253,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `deepcluster` argument parser."""
+    """The `deepcluster` argument parser (train's flags from the settings table of the core sections and of
+    the registered methods' sections)."""
     parser = argparse.ArgumentParser(prog="deepcluster", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_train_parser(commands)
+    _add_train_parser(commands, METHODS)
     _add_evaluate_parser(commands)
     _add_report_parser(commands)
     return parser
@@ -336,11 +274,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is not news
     from deepcluster.data.sources import DataError
-    from deepcluster.engine.trainer import TrainingDiverged
+    from deepcluster.engine.state import TrainingDiverged
 
     try:
         if args.command == "train":
-            return _run_train(args)
+            return _run_train(args, METHODS)
         if args.command == "evaluate":
             return _run_evaluate(args)
         if args.command == "report":

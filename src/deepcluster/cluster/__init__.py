@@ -1,8 +1,9 @@
-"""Clustering of feature matrices (NumPy in, NumPy out).
+"""Clustering of feature matrices (arrays in, labels out).
 
-PCA-whitening + L2-normalisation, faiss k-means, filling of empty clusters.
+PCA-whitening + L2-normalisation, faiss and torch k-means with filling of empty clusters, k-means on a sample,
+hierarchical and distributed k-means, Sinkhorn-Knopp, and the clustering metrics (`cluster.metrics`).
 
-This package never imports torch, so it can be tested and benchmarked on its own.
+This package never imports a model, a method or the engine, so it can be tested and benchmarked on its own.
 """
 
 from deepcluster.cluster.kmeans import KMeansResult, assign, fill_empty_clusters, kmeans, kmeans_on_sample

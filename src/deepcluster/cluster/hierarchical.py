@@ -14,7 +14,7 @@ import numpy as np
 
 from deepcluster.cluster.kmeans import KMeansResult
 from deepcluster.cluster.preprocess import as_float32_matrix
-from deepcluster.engine.seeding import derive_seed
+from deepcluster.seeding import derive_seed
 
 KMeansFit = Callable[[np.ndarray, int, int], KMeansResult]
 """(points, k, seed) -> KMeansResult: a k-means whose labels are all in 0..k-1."""

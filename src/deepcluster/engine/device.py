@@ -1,4 +1,8 @@
-"""Device and numeric precision: pick them once, detect bf16 support, and give an autocast context."""
+"""Device and numeric precision: pick them once, detect bf16 support, and give an autocast context.
+
+Every network input and module is in channels-last layout: oneDNN on the CPU runs AlexNet-BN about 1.4x faster
+with it even in fp32 (565 vs 408 img/s forward at 32 px on 2 cores), and cuDNN prefers it too.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 @dataclass(frozen=True)
 class Precision:
-    """How forward passes run: an autocast context, and whether tensors use channels-last layout."""
+    """How forward passes run: on which device, and in an autocast context or not."""
 
     device: torch.device
     name: str
@@ -58,17 +62,16 @@ class Precision:
     def dtype(self) -> torch.dtype | None:
         return torch.bfloat16 if self.name == "bf16" else None
 
-    @property
-    def channels_last(self) -> bool:
-        """Channels-last layout everywhere: oneDNN on the CPU runs AlexNet-BN about 1.4x faster with it even in
-        fp32 (565 vs 408 img/s forward at 32 px on 2 cores), and cuDNN prefers it too."""
-        return True
-
     def autocast(self) -> contextlib.AbstractContextManager[object]:
         """Autocast to bf16 for the forward pass, or a no-op context in fp32."""
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """An image batch in channels-last layout (see the module's docstring)."""
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 GPU_CACHE_FRACTION = 0.25

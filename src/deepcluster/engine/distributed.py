@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -154,10 +156,28 @@ class Processes:
                         out[start + begin : start + begin + count] = buckets[rank][:count].cpu().numpy()
         return out
 
+    def wrap(self, module: nn.Module, every_parameter_used: bool) -> nn.Module:
+        """`module` itself in one process; wrapped in DistributedDataParallel (gradients averaged over the
+        processes, the main process's weights broadcast first) under torchrun."""
+        if not self.distributed:
+            return module
+        return DistributedDataParallel(
+            module,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=not every_parameter_used,
+        )
+
     def close(self) -> None:
         """Leave the process group (if this object's set-up joined one)."""
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def process_device(device: torch.device) -> torch.device:
+    """This process's device: under torchrun on CUDA, its own GPU cuda:LOCAL_RANK; else `device`."""
+    if launched_by_torchrun() and device.type == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def join_processes(device: torch.device, timeout_minutes: float) -> Processes:
@@ -173,7 +193,7 @@ def join_processes(device: torch.device, timeout_minutes: float) -> Processes:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     node = int(os.environ.get("GROUP_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = process_device(device)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:

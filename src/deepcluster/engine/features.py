@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deepcluster.engine.device import Precision
+from deepcluster.engine.device import Precision, channels_last
 
 
 @torch.no_grad()
@@ -33,9 +33,7 @@ def extract_features(
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
     for start in range(0, n, batch_size):
         batch = images[start : start + batch_size].to(precision.device, non_blocking=True)
-        x = view(batch)
-        if precision.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(view(batch))
         with precision.autocast():
             y = forward(x).float().flatten(1).cpu().numpy()
         if out is None:

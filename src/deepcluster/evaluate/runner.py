@@ -8,7 +8,6 @@ table and the NMI between consecutive epochs. Results go to the terminal and to 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,24 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, load_config
+from deepcluster.cluster.metrics import cluster_table, clustering_report
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import DataError, ImageSource, open_source
 from deepcluster.data.views import ClusterView
-from deepcluster.engine.checkpoint import load_checkpoint
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
-from deepcluster.engine.run_dir import RunDir
-from deepcluster.engine.seeding import seed_everything
-from deepcluster.engine.trainer import default_resize
-from deepcluster.evaluate.checkpoint_import import import_deepcluster_checkpoint
 from deepcluster.evaluate.knn import weighted_knn_accuracies
 from deepcluster.evaluate.linear_probe import ProbeConfig, linear_probe
-from deepcluster.evaluate.metrics import cluster_table, clustering_report
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.stability import epoch_stability
 from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
+from deepcluster.models.loading import LoadedModel, load_model
+from deepcluster.seeding import seed_everything
+from deepcluster.storage import RunDir
 
 
 @dataclass
@@ -65,61 +61,6 @@ class EvalConfig:
     progress: bool = True
     out: str | None = None
     """JSON output; default: RUN/evaluation.json for a run, else beside the checkpoint."""
-
-
-@dataclass
-class LoadedModel:
-    """A backbone to evaluate and what is known of where it came from."""
-
-    backbone: Backbone
-    arch: str
-    sobel: bool
-    input_size: int
-    resize: int
-    run_dir: Path | None
-    data: str | None
-    split: str | None
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    report: str | None = None
-
-
-def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel:
-    """Build and load the network of a run directory or a checkpoint file."""
-    path = Path(target)
-    if path.is_dir():
-        run = RunDir(path)
-        if not run.config.is_file() or not run.checkpoint.is_file():
-            raise ConfigError(f"{path}: not a run directory (needs config.yaml and checkpoints/last.pt)")
-        config = load_config(run.config)
-        size = int(config.data.input_size or 224)
-        backbone = build_backbone(str(config.model.arch), sobel=config.model.sobel, input_size=size)
-        backbone.load_state_dict(load_checkpoint(run.checkpoint)["model"])
-        resize = int(config.data.resize or size)
-        return LoadedModel(
-            backbone, str(config.model.arch), config.model.sobel, size, resize, path,
-            config.data.data, config.data.split, config.data.mean, config.data.std,
-        )  # fmt: skip
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such run directory or checkpoint file")
-    checkpoint = load_checkpoint(path)
-    if "model" in checkpoint and "config" in checkpoint:  # one of ours
-        config = checkpoint["config"]
-        size = int(input_size or config["data"]["input_size"])
-        arch, sobel = str(config["model"]["arch"]), bool(config["model"]["sobel"])
-        backbone = build_backbone(arch, sobel=sobel, input_size=size)
-        backbone.load_state_dict(checkpoint["model"])
-        resize = int(config["data"].get("resize") or size)
-        mean, std = tuple(config["data"]["mean"]), tuple(config["data"]["std"])
-        return LoadedModel(backbone, arch, sobel, size, resize, None, config["data"]["data"], None, mean, std)
-    size = int(input_size or 224)
-    imported = import_deepcluster_checkpoint(path, input_size=size, trusted=True)
-    backbone = imported.model
-    resize = default_resize(size)
-    return LoadedModel(
-        backbone, backbone.arch, backbone.sobel is not None, size, resize, None, None, None,
-        report=imported.report.message(),
-    )  # fmt: skip
 
 
 def _labelled_images(
@@ -191,12 +132,10 @@ def _run_clustering(run_dir: Path) -> dict[str, Any] | None:
     run = RunDir(run_dir)
     if not run.labels_csv.is_file():
         return None
-    with run.labels_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or "true_label" not in rows[0]:
+    table = run.read_labels()
+    if table.true_labels is None:
         return None
-    labels = np.array([int(row["cluster"]) for row in rows])
-    true = np.array([int(row["true_label"]) for row in rows])
+    labels, true = table.labels[:, 0], table.true_labels
     return {
         "metrics": clustering_report(labels, true),
         "clusters": cluster_table(labels, true),

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
-from deepcluster.evaluate.metrics import nmi
+from deepcluster.cluster.metrics import nmi
+from deepcluster.storage.run_dir import epoch_label_files
 
-_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
-
-
-def epoch_label_files(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """``(epoch, path)`` of every ``labels/epoch_NNN.npy`` of a run, in epoch order.
-
-    ``run_dir`` is the run folder (holding ``labels/``) or the ``labels`` folder itself. Raises
-    FileNotFoundError naming the folder when it holds no such file.
-    """
-    root = Path(run_dir)
-    folder = root / "labels" if (root / "labels").is_dir() else root
-    found = []
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _EPOCH_FILE.match(path.name)
-            if match and path.is_file():
-                found.append((int(match.group(1)), path))
-    if not found:
-        raise FileNotFoundError(
-            f"no per-epoch label files (epoch_NNN.npy) in {folder}; "
-            "pass the folder of a run that wrote cluster labels each epoch"
-        )
-    return sorted(found)
+__all__ = ["epoch_label_files", "epoch_stability"]
 
 
 def epoch_stability(run_dir: str | Path) -> list[tuple[int, float]]:

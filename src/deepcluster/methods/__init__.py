@@ -1,25 +1,24 @@
-"""Methods of the family, by name."""
+"""Methods of the family, by name: one file each, one line each in the registry below."""
 
 from __future__ import annotations
 
+import torch
+
 from deepcluster.config import TrainConfig
-from deepcluster.methods.base import Assignment, Method, primary_labels
+from deepcluster.methods.base import Assignment, ExtractingMethod, Method, ProcessGroup, primary_labels
 from deepcluster.methods.deepcluster import DeepCluster
 from deepcluster.methods.deepercluster import DeeperCluster
+from deepcluster.methods.registry import MethodRegistry
 from deepcluster.methods.sela import SeLa
 from deepcluster.methods.transfer import Transfer
 
-METHODS: dict[str, type[Method]] = {
-    method.name: method for method in (DeepCluster, DeeperCluster, SeLa, Transfer)
-}
+METHODS = MethodRegistry([DeepCluster, DeeperCluster, SeLa, Transfer])
+"""The registered methods; `--method NAME` picks one."""
 
 
-def build_method(config: TrainConfig) -> Method:
-    """The method named by `config.method`."""
-    try:
-        return METHODS[config.method](config)
-    except KeyError:
-        raise ValueError(f"--method {config.method}: unknown; choose from {', '.join(METHODS)}") from None
+def build_method(config: TrainConfig, device: torch.device | None = None) -> Method:
+    """The registered method named by `config.method` (see `MethodRegistry.build`)."""
+    return METHODS.build(config, device)
 
 
 __all__ = [
@@ -27,7 +26,10 @@ __all__ = [
     "Assignment",
     "DeepCluster",
     "DeeperCluster",
+    "ExtractingMethod",
     "Method",
+    "MethodRegistry",
+    "ProcessGroup",
     "SeLa",
     "Transfer",
     "build_method",

@@ -1,7 +1,9 @@
 """The small interface between the training engine and a method of the family.
 
 A method makes three choices: what is extracted from each image for labelling, how labels are assigned, and
-which heads and loss train the network. Everything else (data, loop, checkpoints, logs) is the engine's.
+which heads and loss train the network. Everything else (data, loop, checkpoints, logs) is the engine's. A method
+that labels from the network's outputs is an `ExtractingMethod`; one whose labels are given (label transfer) is
+a plain `Method`. A method may declare its own settings section (`Config`, named after the method).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -32,6 +34,15 @@ class Assignment:
     """Arrays worth keeping with the run (e.g. centroids)."""
 
 
+class ProcessGroup(Protocol):
+    """What a sharded assignment knows of the run's processes (the engine's `Processes` is one)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    """Where collective tensors live."""
+
+
 def primary_labels(labels: np.ndarray) -> np.ndarray:
     """The first head's labels: what labels.csv's `cluster` column, the sampler and the headline metrics use."""
     return labels if labels.ndim == 1 else labels[:, 0]
@@ -45,23 +56,25 @@ class Method(ABC):
     """
 
     name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    """One line for the command line's help."""
+    Config: ClassVar[type | None] = None
+    """The method's own settings section (a dataclass of `option` fields), reachable as `config.<name>`; it may
+    define `check(config)` for rules across sections."""
     fresh_heads: ClassVar[bool] = True
     """Build new, randomly initialised heads after every label update (DeepCluster) or keep them (SeLa)."""
     uses_k: ClassVar[bool] = True
     """The number of classes is `cluster.k` (checked against the data size)."""
-    extract_view: str = "cluster"
-    """Which view the extraction sees: cluster (centre crop) or train (augmented)."""
     recluster_every: ClassVar[int] = 1
     """Epochs between two label assignments when `cluster.recluster_every` is not set."""
-    shards_assignment: ClassVar[bool] = False
-    """`assign_sharded` exists: under torchrun, labels can be assigned from the processes' shards of the
-    extracted values without gathering them (`cluster.distributed_kmeans`)."""
     uses_every_head_parameter: ClassVar[bool] = True
     """Every head parameter gets a gradient at every step (False tells DistributedDataParallel to look for
     unused ones, e.g. DeeperCluster's sub-class heads of super-classes absent from a batch)."""
 
-    def __init__(self, config: TrainConfig) -> None:
+    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
         self.config = config
+        self.device = device if device is not None else torch.device("cpu")
+        """Where the method's own computations (torch k-means, Sinkhorn) run: the run's device."""
 
     def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
         """Sorted global steps before which labels are assigned; `epochs * steps_per_epoch` means after the last.
@@ -93,6 +106,24 @@ class Method(ABC):
         return heads(embedding)
 
     @abstractmethod
+    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
+        """Freshly initialised head(s) predicting the assignment's labels from the backbone's embedding."""
+
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch (cross-entropy by default)."""
+        return nn.functional.cross_entropy(outputs.float(), targets)
+
+
+class ExtractingMethod(Method):
+    """A method whose labels come from the network: per-image values extracted in eval mode, then assigned."""
+
+    extract_view: str = "cluster"
+    """Which view the extraction sees: cluster (centre crop) or train (augmented)."""
+    shards_assignment: ClassVar[bool] = False
+    """`assign_sharded` exists: under torchrun, labels can be assigned from the processes' shards of the
+    extracted values without gathering them (`cluster.distributed_kmeans`)."""
+
+    @abstractmethod
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         """Per-batch values the assigner needs (eval mode, cluster view), [B, D]."""
 
@@ -100,15 +131,7 @@ class Method(ABC):
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         """Pseudo-labels for all images from their extracted values."""
 
-    def assign_sharded(self, shard: np.ndarray, seed: int, processes: Any) -> Assignment:
-        """Labels of every image, identical on every process, from this process's rows of the extracted values
-        (`processes`: the run's `engine.distributed.Processes`). Only for methods with `shards_assignment`."""
+    def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
+        """Labels of every image, identical on every process, from this process's rows of the extracted values.
+        Only for methods with `shards_assignment`."""
         raise NotImplementedError(f"method {self.name} assigns labels on gathered values only")
-
-    @abstractmethod
-    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
-        """Freshly initialised head(s) predicting the assignment's labels from the backbone's embedding."""
-
-    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch (cross-entropy by default)."""
-        return nn.functional.cross_entropy(outputs.float(), targets)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from deepcluster.cluster import KMeansResult, PCAWhitening, kmeans, kmeans_on_sample
 from deepcluster.cluster.hierarchical import KMeansFit
 from deepcluster.cluster.kmeans_torch import torch_kmeans
 from deepcluster.config import ClusterConfig
-from deepcluster.engine.device import resolve_device
 
 
 def whitened(features: np.ndarray, settings: ClusterConfig, seed: int) -> np.ndarray:
@@ -17,11 +17,10 @@ def whitened(features: np.ndarray, settings: ClusterConfig, seed: int) -> np.nda
     return pca.apply(features)
 
 
-def kmeans_fit(settings: ClusterConfig, device_name: str) -> KMeansFit:
+def kmeans_fit(settings: ClusterConfig, device: torch.device) -> KMeansFit:
     """(points, k, seed) -> KMeansResult with the backend `settings.kmeans_backend` picks (torch, or auto on a
     CUDA run: `torch_kmeans` on the run's device; else faiss), trained on `settings.kmeans_sample` random
     points when that is set (`kmeans_on_sample`, its rows drawn with the same seed)."""
-    device = resolve_device(device_name)
     backend = settings.kmeans_backend
     on_torch = backend == "torch" or (backend == "auto" and device.type == "cuda")
 

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
 
 from deepcluster.cluster import KMeansResult
 from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
-from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup
 from deepcluster.methods.clustering import kmeans_fit, whitened
 from deepcluster.models import ClassifierHead
 
 
-class DeepCluster(Method):
+class DeepCluster(ExtractingMethod):
     """Features: the penultimate FC output before its ReLU; labels: k-means; head: ReLU + Linear(D, k)."""
 
     name = "deepcluster"
+    summary = "k-means labels, a fresh top layer each epoch (Caron et al., 2018)"
     shards_assignment = True
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
@@ -27,9 +26,9 @@ class DeepCluster(Method):
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
         reduced = whitened(features, settings, seed)
-        return _assignment(kmeans_fit(settings, self.config.run.device)(reduced, settings.k, seed))
+        return _assignment(kmeans_fit(settings, self.device)(reduced, settings.k, seed))
 
-    def assign_sharded(self, shard: np.ndarray, seed: int, processes: Any) -> Assignment:
+    def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
         """The PCA (covariance all-reduced) and torch k-means (sums and counts all-reduced) of `assign` with
         `cluster.kmeans_backend=torch`, over the processes' shards: the same labels, on every process."""
         settings = self.config.cluster

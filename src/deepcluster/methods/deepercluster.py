@@ -9,23 +9,56 @@ the loss is the sum of the two cross-entropies. Labels are computed on unrotated
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
 from deepcluster.cluster.hierarchical import hierarchical_kmeans
+from deepcluster.config import ConfigError, TrainConfig, option
+from deepcluster.config.options import positive
 from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample
-from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.base import Assignment, ExtractingMethod
 from deepcluster.methods.clustering import kmeans_fit, whitened
 from deepcluster.models import HierarchicalHead
 
 
-class DeeperCluster(Method):
+@dataclass
+class DeeperClusterConfig:
+    """DeeperCluster (Caron et al., 2019): (rotation, cluster) targets, clustered hierarchically."""
+
+    super_clusters: int = option(
+        4,
+        "deepercluster: super-clusters m; k-means first splits the data into m super-clusters, then each into "
+        "k / m sub-clusters (1: flat; k must be a multiple of m)",
+        flag="--super-clusters",
+        check=positive,
+    )
+    rotations: bool = option(
+        True,
+        "show each image rotated by 0, 90, 180 or 270 degrees and predict the rotation with the "
+        "cluster (the super-classes are the 4m (super-cluster, rotation) pairs); off: DeepCluster with "
+        "hierarchical k-means",
+        flag="--no-rotations",
+    )
+
+    def check(self, config: TrainConfig) -> None:
+        if config.method == DeeperCluster.name and config.cluster.k % self.super_clusters:
+            raise ConfigError(
+                f"--k {config.cluster.k} is not a multiple of deepercluster.super_clusters={self.super_clusters}: "
+                "every super-cluster is split into k / m sub-clusters; choose k as a multiple of m"
+            )
+
+
+class DeeperCluster(ExtractingMethod):
     """Features: the backbone's embedding of the unrotated image; labels: hierarchical k-means (global ids);
     heads: a super-class head and one sub-class head per super-class; targets: (super-class, sub-class)."""
 
     name = "deepercluster"
+    summary = "(rotation, cluster) targets from a two-level k-means (Caron et al., 2019)"
+    Config = DeeperClusterConfig
     fresh_heads = True
     recluster_every = 3
 
@@ -50,7 +83,7 @@ class DeeperCluster(Method):
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
         reduced = whitened(features, settings, seed)
-        fit = kmeans_fit(settings, self.config.run.device)
+        fit = kmeans_fit(settings, self.device)
         result = hierarchical_kmeans(reduced, self.n_super, settings.k, seed, fit)
         return Assignment(
             labels=result.labels,

@@ -8,21 +8,24 @@ kept across label updates, which are spread over the run (quadratically: dense e
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from deepcluster.cluster.sinkhorn import balanced_random_labels, default_chunk_rows, sinkhorn_labels
-from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig
+from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig, option
+from deepcluster.config.options import number, one_of, positive, positive_or_none
 from deepcluster.data.samplers import shuffled_sample
-from deepcluster.engine.device import resolve_device
-from deepcluster.engine.seeding import derive_seed
-from deepcluster.methods.base import Assignment, Method
+from deepcluster.methods.base import Assignment, ExtractingMethod
 from deepcluster.models import MultiHead
+from deepcluster.seeding import derive_seed
 
 SMALL_IMAGE_LAMBDA = 10.0
 LAMBDA = 25.0
+SPACINGS = ("quadratic", "linear")
+VIEWS = ("cluster", "train")
 
 
 def default_lambda(input_size: int | None) -> float:
@@ -47,14 +50,55 @@ def update_steps(total_steps: int, updates: int, spacing: str) -> list[int]:
     return sorted({int(s) for s in steps})
 
 
-class SeLa(Method):
+@dataclass
+class SelaConfig:
+    """SeLa (Asano et al., 2020): labels from optimal transport with equal-size clusters, several heads."""
+
+    heads: int = option(
+        10, "classification heads, each Linear(features, k) with its own labels; the loss is their mean",
+        check=positive,
+    )  # fmt: skip
+    lam: float | None = option(
+        None,
+        "sharpness lambda of P^lambda (default: 25, or 10 for inputs of at most 96 px, the paper's small-image "
+        "value)",
+        check=number(0, optional=True),
+    )
+    updates: int | None = option(
+        None,
+        "label updates over the run (after the random start; the last one at the very end); default: 2 per epoch",
+        check=positive_or_none,
+    )
+    spacing: str = option(
+        "quadratic", "quadratic (dense early, as in the paper) or linear spacing of the updates",
+        check=one_of(*SPACINGS),
+    )  # fmt: skip
+    tolerance: float = option(
+        0.1, "stop Sinkhorn when the column scaling changes by less than this (sum of |old/new - 1|)",
+        check=number(0),
+    )  # fmt: skip
+    check_every: int = option(10, "Sinkhorn iterations between two convergence checks", check=positive)
+    max_iters: int = option(1000, "most Sinkhorn iterations", check=positive)
+    chunk_mb: float = option(
+        64.0, "rows of P are processed in float64 chunks of about this size; bounds Sinkhorn's working memory",
+        check=number(0),
+    )  # fmt: skip
+    view: str = option(
+        "cluster", "which view P is computed on: cluster (centre crop) or train (the augmented crops)",
+        check=one_of(*VIEWS),
+    )  # fmt: skip
+
+
+class SeLa(ExtractingMethod):
     """Features: each head's log-softmax over k; labels: Sinkhorn-Knopp per head; heads: kept across updates."""
 
     name = "sela"
+    summary = "Sinkhorn-Knopp labels of equal-size clusters, several kept heads (Asano et al., 2020)"
+    Config = SelaConfig
     fresh_heads = False
 
-    def __init__(self, config: TrainConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
+        super().__init__(config, device)
         self.extract_view = config.sela.view
 
     @property
@@ -92,7 +136,7 @@ class SeLa(Method):
         if features.shape[1] != n_heads * k:
             raise ValueError(f"SeLa.assign: {features.shape[1]} values per image is not a multiple of k={k}")
         per_head = features.reshape(features.shape[0], n_heads, k)
-        device = resolve_device(self.config.run.device)
+        device = self.device
         chunk_rows = default_chunk_rows(k, sela.chunk_mb)
         results = [
             sinkhorn_labels(

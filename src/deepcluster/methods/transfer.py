@@ -4,26 +4,51 @@ network to another). The labels are fixed: one assignment at the start, heads ke
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import ConfigError, TrainConfig
-from deepcluster.engine.run_dir import read_labels_csv
+from deepcluster.config import ConfigError, TrainConfig, option
 from deepcluster.methods.base import Assignment, Method
 from deepcluster.methods.sela import multi_head_for, multi_head_loss
+from deepcluster.storage import read_labels_csv
+
+
+@dataclass
+class TransferConfig:
+    """Label transfer: train any architecture on the labels a run wrote."""
+
+    labels: str | None = option(
+        None,
+        "train on the labels a run wrote (RUN_DIR/labels.csv; every cluster* column is one head's labels), with "
+        "any --arch: label transfer",
+        flag="--labels",
+        metavar="LABELS_CSV",
+        selects_method="transfer",
+    )
+
+    def check(self, config: TrainConfig) -> None:
+        if config.method == Transfer.name and not self.labels:
+            raise ConfigError("--method transfer needs --labels RUN_DIR/labels.csv (transfer.labels)")
+        if config.method != Transfer.name and self.labels:
+            raise ConfigError(
+                f"--labels trains on given labels and cannot be combined with --method {config.method}; drop one"
+            )
 
 
 class Transfer(Method):
     """Labels: read from `transfer.labels` (a labels.csv); heads: one linear head per label column."""
 
     name = "transfer"
+    summary = "train on the labels of a finished run (--labels RUN/labels.csv)"
+    Config = TransferConfig
     fresh_heads = False
     uses_k = False
 
-    def __init__(self, config: TrainConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
+        super().__init__(config, device)
         assert config.transfer.labels is not None
         self.table = read_labels_csv(config.transfer.labels)
 
@@ -51,12 +76,6 @@ class Transfer(Method):
         labels = self.table.labels[rows]
         n_classes = int(self.table.labels.max()) + 1
         return Assignment(labels=labels if labels.shape[1] > 1 else labels[:, 0], n_classes=n_classes)
-
-    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("transfer: labels are given, nothing is extracted")
-
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
-        raise RuntimeError("transfer: labels are given, they are never reassigned")
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         return multi_head_for(feature_dim, assignment, generator)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +37,74 @@ def check_input_size(
     return input_size
 
 
+@contextmanager
+def frozen_eval(module: nn.Module) -> Iterator[None]:
+    """Eval mode, parameters frozen inside the block; training flags and requires_grad restored after."""
+    modes = {sub: sub.training for sub in module.modules()}
+    grads = [(param, param.requires_grad) for param in module.parameters()]
+    try:
+        module.eval()
+        for param, _ in grads:
+            param.requires_grad_(False)
+        yield
+    finally:
+        for sub, mode in modes.items():
+            sub.train(mode)
+        for param, flag in grads:
+            param.requires_grad_(flag)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of ``module``'s first parameter (CPU when it has none)."""
+    for param in module.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def sobel_layer(module: nn.Module) -> Sobel | None:
+    """The first :class:`Sobel` layer inside ``module``, or None."""
+    for sub in module.modules():
+        if isinstance(sub, Sobel):
+            return sub
+    return None
+
+
+def count_tap_channels(module: nn.Module, name: str, input_size: int) -> int:
+    """Channels of tap ``name``: one forward pass of a blank ``input_size`` image through ``forward_taps``.
+
+    Works on any module with a ``forward_taps(x, names)`` method; eval mode, no grad, and the module's
+    training flags and ``requires_grad`` are left as they were.
+    """
+    with frozen_eval(module), torch.no_grad():
+        x = torch.zeros(1, 3, input_size, input_size, device=module_device(module))
+        return int(module.forward_taps(x, [name])[name].shape[1])
+
+
+def check_tap_names(wanted: Sequence[str], valid: Sequence[str], arch: str | None = None) -> None:
+    """ValueError naming the names of ``wanted`` that are not among the ``valid`` taps (of ``arch``)."""
+    unknown = [name for name in wanted if name not in valid]
+    if unknown:
+        listed = ", ".join(repr(name) for name in unknown)
+        where = f" for arch {arch!r}" if arch else ""
+        raise ValueError(
+            f"unknown tap{'s' if len(unknown) > 1 else ''} {listed}{where}; valid taps: {list(valid)}"
+        )
+
+
+def check_channel_indices(name: str, channels: Sequence[int], count: int) -> None:
+    """ValueError unless ``channels`` is a non-empty list of integers in ``0..count - 1`` (tap ``name``)."""
+    bad = [
+        c
+        for c in channels
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < count
+    ]
+    if bad:
+        bad = [int(c) if isinstance(c, np.integer) else c for c in bad]
+        raise ValueError(f"channel(s) {bad} do not exist at tap {name!r}; valid channels: 0..{count - 1}")
+    if not channels:
+        raise ValueError(f"no channels given for tap {name!r}; valid channels: 0..{count - 1}")
+
+
 class Backbone(nn.Module):
     """Base class of every backbone: ``[B, 3, H, W]`` normalised images -> ``[B, feature_dim]`` embeddings.
 
@@ -62,6 +132,28 @@ class Backbone(nn.Module):
     def tap_names(self) -> list[str]:
         """Names accepted by :meth:`forward_taps`, shallowest first."""
         return [name for name, _ in self.tap_stages() if name is not None]
+
+    def check_tap(self, names: str | Sequence[str]) -> None:
+        """Raise ValueError naming the unknown tap(s) among ``names`` (one or several), listing the valid ones."""
+        check_tap_names([names] if isinstance(names, str) else list(names), self.tap_names, self.arch)
+
+    def tap_channels(self, name: str) -> int:
+        """Channels at tap ``name`` (one forward pass of a blank ``input_size`` image, eval mode, no grad).
+
+        The training flags and ``requires_grad`` of the parameters are left as they were; ValueError for
+        an unknown tap (see :meth:`check_tap`).
+        """
+        self.check_tap(name)
+        return count_tap_channels(self, name, self.input_size)
+
+    def check_channels(self, name: str, channels: Sequence[int]) -> int:
+        """Channel count of tap ``name``, after checking that ``channels`` are valid indices there.
+
+        ValueError for an unknown tap, an empty ``channels`` or an index outside ``0..count - 1``.
+        """
+        count = self.tap_channels(name)
+        check_channel_indices(name, channels, count)
+        return count
 
     def tap_stages(self) -> list[TapStage]:
         """Ordered ``(tap name or None, module)`` steps from the (Sobel-filtered) input to the deepest tap."""
@@ -91,17 +183,13 @@ class Backbone(nn.Module):
         Raises ValueError for an unknown name, listing the valid ones.
         """
         wanted = [names] if isinstance(names, str) else list(names)
-        stages = self.tap_stages()
-        valid = [name for name, _ in stages if name is not None]
-        unknown = [name for name in wanted if name not in valid]
-        if unknown:
-            raise ValueError(f"unknown tap(s) {unknown} for arch '{self.arch}'; valid taps: {valid}")
+        self.check_tap(wanted)
         if not wanted:
             return {}
         remaining = set(wanted)
         found: dict[str, torch.Tensor] = {}
         h = self.preprocess(x)
-        for name, module in stages:
+        for name, module in self.tap_stages():
             h = module(h)
             if name in remaining:
                 found[name] = h

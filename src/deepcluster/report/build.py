@@ -7,7 +7,6 @@ shown are ever read: a report of a large run decodes a few thousand images, not 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,22 +20,17 @@ from deepcluster.config import ConfigError, TrainConfig, load_config
 from deepcluster.data.decode import square_image
 from deepcluster.data.sources import ImageSource, open_source
 from deepcluster.data.views import ClusterView
-from deepcluster.engine.run_dir import RunDir, read_labels_csv
-from deepcluster.evaluate.runner import LoadedModel, load_model
+from deepcluster.models.loading import LoadedModel, load_model
+from deepcluster.report.activations import top_activating_images
+from deepcluster.report.ascent import gradient_ascent_grid
 from deepcluster.report.curves import plot_curves
-from deepcluster.report.filters import (
-    default_channels,
-    default_taps,
-    first_layer_filters,
-    gradient_ascent_grid,
-    tap_channels,
-    tap_names,
-    top_activating_images,
-)
+from deepcluster.report.filters import first_layer_filters
 from deepcluster.report.grids import all_clusters_overview, cluster_grids
 from deepcluster.report.page import Section, config_block, evaluation_block, render_page, write_page
 from deepcluster.report.picture import Picture
+from deepcluster.report.taps import check_taps, default_channels, default_taps
 from deepcluster.report.thumbnails import ThumbnailCache
+from deepcluster.storage import RunDir
 
 
 @dataclass
@@ -63,17 +57,6 @@ class ReportOptions:
     gradient_steps: int = 100
     seed: int = 0
     batch_size: int = 128
-
-
-def _history(run: RunDir) -> list[dict]:
-    if not run.metrics.is_file():
-        return []
-    return [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()]
-
-
-def _last_labels(run: RunDir) -> np.ndarray | None:
-    files = sorted((run.root / "labels").glob("epoch_*.npy"))
-    return np.load(files[-1]) if files else None
 
 
 def _decode(source: ImageSource, indices: np.ndarray, resize: int, input_size: int) -> torch.Tensor:
@@ -115,22 +98,22 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> P
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise ConfigError(f"report {run_dir}: no config.yaml there; is it a run directory?")
-    config = load_config(run.config)
+    config = load_config(run.config, strict=False)  # what the report shows needs no method's own section
     out = run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
-    history = _history(run)
+    history = run.read_history()
     sections = [
         Section(
             "Training curves",
-            plot_curves(history, _last_labels(run), out, n_clusters=config.cluster.k),
+            plot_curves(history, run.last_epoch_labels(), out, n_clusters=config.cluster.k),
             note=f"{len(history)} epoch(s) of {config.method}; numbers per epoch from metrics.jsonl.",
         )
     ]
     if run.labels_csv.is_file() and run.checkpoint.is_file():
         sections += _network_sections(run, config, out, options)
-    evaluation = run.root / "evaluation.json"
-    if evaluation.is_file():
-        sections.append(Section("Evaluation", html=evaluation_block(json.loads(evaluation.read_text()))))
+    evaluation = run.read_evaluation()
+    if evaluation is not None:
+        sections.append(Section("Evaluation", html=evaluation_block(evaluation)))
     sections.append(Section("Configuration", html=config_block(run.config.read_text())))
     page = out / "index.html"
     title = f"{config.method} run {run.root.name}"
@@ -140,7 +123,7 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> P
 
 def _network_sections(run: RunDir, config: TrainConfig, out: Path, options: ReportOptions) -> list[Section]:
     """Cluster grids and filter pictures: they need the labels and the trained network."""
-    table = read_labels_csv(run.labels_csv)
+    table = run.read_labels()
     labels = table.labels[:, 0]
     source = open_source(config.data.data, split=config.data.split)
     true = None if source.labels is None else np.asarray(source.labels)[table.indices]
@@ -199,14 +182,7 @@ def _filter_pictures(
     images = _decode(source, sample, model.resize, model.input_size)
     pictures_of_sample = thumbs.get(sample)
     chosen = options.taps or {tap: [] for tap in default_taps(backbone)}
-    for tap, given in chosen.items():
-        if tap not in tap_names(backbone):
-            raise ConfigError(
-                f"--tap {tap}: no such layer in {model.arch}; choose from {', '.join(tap_names(backbone))}"
-            )
-        count = tap_channels(backbone, tap, model.input_size)
-        if any(not 0 <= c < count for c in given):
-            raise ConfigError(f"--tap {tap}:{','.join(map(str, given))}: {tap} has channels 0..{count - 1}")
+    check_taps(backbone, chosen, model.arch, model.input_size)
     for tap, given in chosen.items():
         channels = list(given) or default_channels(backbone, tap, options.channels, options.seed)
         rel = f"filters/top_{tap}.png"

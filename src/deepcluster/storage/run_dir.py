@@ -1,4 +1,4 @@
-"""The layout of a run directory and the writes into it (all atomic)."""
+"""The layout of a run directory, the writes into it (all atomic) and every reader of what a run wrote."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import numpy as np
 
 from deepcluster.config import ConfigError
-from deepcluster.engine.checkpoint import atomic_save_numpy, atomic_write_text
+from deepcluster.storage.files import atomic_save_numpy, atomic_write_text
+
+_EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
 
 
 class RunDir:
@@ -55,8 +58,35 @@ class RunDir:
     def skipped(self) -> Path:
         return self.root / "skipped.txt"
 
+    @property
+    def evaluation(self) -> Path:
+        return self.root / "evaluation.json"
+
     def epoch_labels(self, epoch: int) -> Path:
         return self.root / "labels" / f"epoch_{epoch:03d}.npy"
+
+    # ------------------------------------------------------------ readers
+    def read_history(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl, one per finished epoch ([] before the first)."""
+        if not self.metrics.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def last_epoch_labels(self) -> np.ndarray | None:
+        """The labels of the last epoch's file (labels/epoch_NNN.npy), or None when there is none."""
+        try:
+            files = epoch_label_files(self.root)
+        except FileNotFoundError:
+            return None
+        return np.load(files[-1][1])
+
+    def read_evaluation(self) -> dict[str, Any] | None:
+        """What `deepcluster evaluate` wrote (evaluation.json), or None."""
+        return json.loads(self.evaluation.read_text()) if self.evaluation.is_file() else None
+
+    def read_labels(self) -> LabelsTable:
+        """The run's labels.csv."""
+        return read_labels_csv(self.labels_csv, option="")
 
     def prepare(self, resume: bool) -> None:
         """Create the folder and check it is writable; refuse to start a new run over an existing one."""
@@ -115,34 +145,61 @@ class LabelsTable:
     names: list[str]
     labels: np.ndarray
     """int64 [N, H]."""
+    true_labels: np.ndarray | None = None
+    """int64 [N] from the `true_label` column, when the run knew them."""
 
 
-def read_labels_csv(path: str | os.PathLike[str]) -> LabelsTable:
-    """Read a labels.csv written by a run; errors name the file and what is wrong."""
+def read_labels_csv(path: str | os.PathLike[str], option: str = "--labels") -> LabelsTable:
+    """Read a labels.csv written by a run; errors name `option`, the file and what is wrong."""
     path = Path(path)
+    where = f"{option} {path}" if option else str(path)
     if not path.is_file():
-        raise ConfigError(f"--labels {path}: file not found; give a run's labels.csv")
+        raise ConfigError(f"{where}: file not found; give a run's labels.csv")
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or header[:3] != ["index", "image", "cluster"]:
             raise ConfigError(
-                f"--labels {path}: not a labels.csv written by deepcluster (expected columns index,image,cluster,...)"
+                f"{where}: not a labels.csv written by deepcluster (expected columns index,image,cluster,...)"
             )
         heads = [i for i, name in enumerate(header) if name == "cluster" or name.startswith("cluster_h")]
-        indices, names, labels = [], [], []
+        truth = header.index("true_label") if "true_label" in header else None
+        indices, names, labels, true = [], [], [], []
         for line_no, row in enumerate(reader, start=2):
             try:
                 indices.append(int(row[0]))
                 names.append(row[1])
                 labels.append([int(row[i]) for i in heads])
+                if truth is not None:
+                    true.append(int(row[truth]))
             except (ValueError, IndexError):
-                raise ConfigError(
-                    f"--labels {path}, line {line_no}: expected whole numbers, got {row!r}"
-                ) from None
+                raise ConfigError(f"{where}, line {line_no}: expected whole numbers, got {row!r}") from None
     if not labels:
-        raise ConfigError(f"--labels {path}: no rows")
+        raise ConfigError(f"{where}: no rows")
     table = np.asarray(labels, dtype=np.int64)
     if table.min() < 0:
-        raise ConfigError(f"--labels {path}: negative cluster ids")
-    return LabelsTable(np.asarray(indices, dtype=np.int64), names, table)
+        raise ConfigError(f"{where}: negative cluster ids")
+    true_labels = np.asarray(true, dtype=np.int64) if truth is not None else None
+    return LabelsTable(np.asarray(indices, dtype=np.int64), names, table, true_labels)
+
+
+def epoch_label_files(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(epoch, path)`` of every ``labels/epoch_NNN.npy`` of a run, in epoch order.
+
+    ``run_dir`` is the run folder (holding ``labels/``) or the ``labels`` folder itself. Raises
+    FileNotFoundError naming the folder when it holds no such file.
+    """
+    root = Path(run_dir)
+    folder = root / "labels" if (root / "labels").is_dir() else root
+    found = []
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = _EPOCH_FILE.match(path.name)
+            if match and path.is_file():
+                found.append((int(match.group(1)), path))
+    if not found:
+        raise FileNotFoundError(
+            f"no per-epoch label files (epoch_NNN.npy) in {folder}; "
+            "pass the folder of a run that wrote cluster labels each epoch"
+        )
+    return sorted(found)

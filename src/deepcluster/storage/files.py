@@ -1,4 +1,5 @@
-"""Atomic writes: a file is either the old version or the complete new one, never half of each."""
+"""Atomic writes (a file is either the old version or the complete new one, never half of each) and checkpoint
+files."""
 
 from __future__ import annotations
 

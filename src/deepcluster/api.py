@@ -1,0 +1,66 @@
+"""The public Python API: configurations with every registered method's section, training, resuming; the run's
+report is built after the loop (the engine never builds it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from deepcluster.config import TrainConfig
+from deepcluster.engine.trainer import RunResult, StepCallback
+from deepcluster.engine.trainer import resume as _resume
+from deepcluster.engine.trainer import train as _train
+from deepcluster.methods import METHODS
+
+log = logging.getLogger("deepcluster")
+
+
+def preset_config(name: str = "default") -> TrainConfig:
+    """A named preset (`default` or `paper`) with every registered method's settings section."""
+    return METHODS.preset(name)
+
+
+def config_from_dict(raw: Mapping[str, Any], origin: str = "config") -> TrainConfig:
+    """A config from nested settings ({"preset": ..., "optim": {"lr": 0.1}, ...})."""
+    return METHODS.from_dict(raw, origin=origin)
+
+
+def load_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """A YAML settings file (a run's config.yaml reproduces the run)."""
+    return METHODS.load(path)
+
+
+def train(config: TrainConfig, on_step: StepCallback | None = None) -> RunResult:
+    """Train `config` from scratch into `config.run.out`, then build its report (`run.report`)."""
+    return _with_report(_train(config, on_step=on_step))
+
+
+def resume(
+    run_dir: str | Path, epochs: int | None = None, on_step: StepCallback | None = None, **run_overrides: Any
+) -> RunResult:
+    """Continue a stopped run to the same result as an unbroken one, then build its report (`run.report`)."""
+    return _with_report(_resume(run_dir, epochs=epochs, on_step=on_step, **run_overrides))
+
+
+def _with_report(result: RunResult) -> RunResult:
+    """Build the run's HTML report when its config asks for it, on the main process; a failure is logged with
+    the command that rebuilds it, never fatal (the run itself is complete)."""
+    if int(os.environ.get("RANK", "0")) != 0 or result.config is None or not result.config.run.report:
+        return result
+    from deepcluster.report.build import build_report
+
+    started = time.perf_counter()
+    try:
+        page = build_report(result.run_dir)
+    except Exception as error:  # keep the run, say how to retry
+        log.warning(
+            "the report could not be built (%s: %s); rebuild it with: deepcluster report %s",
+            type(error).__name__, error, result.run_dir,
+        )  # fmt: skip
+        return result
+    log.info("report: %s (%.0f s)", page, time.perf_counter() - started)
+    return result

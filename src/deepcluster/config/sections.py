@@ -1,0 +1,245 @@
+"""The settings sections every run has: data, augment, model, cluster, optim and run.
+
+Each field is declared once with `option` (default, help, flag, checks, whether a resume may change it). A
+section may define `check(config)` for rules that join several options. Methods declare their own sections
+beside their code (see `deepcluster.methods`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from deepcluster.config.options import (
+    ConfigError,
+    fraction,
+    number,
+    one_of,
+    option,
+    ordered_pair,
+    positive,
+    positive_or_none,
+    whole,
+)
+
+SMALL_INPUT_LIMIT = 96
+"""Inputs of at most this many pixels are "small images": their own size, small-input models, SeLa's lambda 10."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRECISIONS = ("auto", "fp32", "bf16")
+SCHEDULES = ("constant", "cosine")
+KMEANS_BACKENDS = ("auto", "faiss", "torch")
+
+
+def default_resize(input_size: int) -> int:
+    """Side images are resized to before cropping `input_size`: the input itself for small inputs, else in the
+    ImageNet ratio 256 / 224."""
+    return input_size if input_size <= SMALL_INPUT_LIMIT else round(input_size * 256 / 224)
+
+
+def _all_positive(values: Any) -> str | None:
+    return None if all(v > 0 for v in values) else "every value must be > 0"
+
+
+def _device_name(value: Any) -> str | None:
+    ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or value.startswith("cuda:"))
+    return None if ok else "choose cpu, cuda, cuda:N or auto"
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how they are shown to the network."""
+
+    data: str | None = option(
+        None,
+        "image folder, .npz archive, file list, or data set name (cifar10, stl10, ...); "
+        "none: the embedded CIFAR-10 test split",
+        flag="--data",
+    )
+    data_root: str | None = option(
+        None, "root folder of a named torchvision data set (default ./data)", flag="--data-root"
+    )
+    split: str | None = option(
+        None, "split of an archive or named data set (default: its training split)", flag="--split"
+    )
+    download: bool = option(False, "let torchvision download a named data set", flag="--download")
+    input_size: int | None = option(
+        None,
+        "side in pixels of the square the network sees (default: the images' own size up to 96 px, else 224)",
+        flag="--input-size",
+        check=positive_or_none,
+    )
+    resize: int | None = option(
+        None,
+        "side images are resized to (shorter side) and centre-cropped to once, at decoding; "
+        "none: from input_size",
+        check=positive_or_none,
+    )
+    mean: tuple[float, float, float] = option(IMAGENET_MEAN, "per-channel mean of the normalisation")
+    std: tuple[float, float, float] = option(
+        IMAGENET_STD, "per-channel standard deviation of the normalisation", check=_all_positive
+    )
+    decode_threads: int | None = option(None, "threads decoding images (default: all cores)")
+    memory_limit_gb: float = option(
+        16.0,
+        "largest decoded-image cache (uint8) and extracted-values array (float32) kept in RAM; a larger "
+        "one is a memory-mapped file in cache_dir",
+        check=number(0, optional=False),
+    )
+    cache_dir: str | None = option(
+        None,
+        "folder of the memory-mapped cache (default: the run directory; the file is removed when the run ends)",
+    )
+
+    def check(self, config: Any) -> None:
+        """Rules across options (`config`: the whole `TrainConfig`)."""
+        if self.input_size and self.resize and self.resize < self.input_size:
+            raise ConfigError(
+                f"data.resize={self.resize} is smaller than data.input_size={self.input_size}; "
+                "resize must be >= input_size"
+            )
+
+
+@dataclass
+class AugmentConfig:
+    """The train view: random resized crop, flip and optional colour changes, applied to whole batches."""
+
+    crop_scale: tuple[float, float] = option(
+        (0.2, 1.0), "range of the crop's share of the image area", check=ordered_pair(1.0)
+    )
+    crop_ratio: tuple[float, float] = option(
+        (3 / 4, 4 / 3), "range of the crop's aspect ratio", check=ordered_pair()
+    )
+    flip: bool = option(True, "random horizontal flips")
+    color_jitter: float = option(
+        0.4, "strength of brightness/contrast/saturation jitter (0: off)", check=number(0, above=False)
+    )
+    grayscale_prob: float = option(0.0, "probability of turning a crop grayscale", check=fraction)
+
+
+@dataclass
+class ModelConfig:
+    """The backbone."""
+
+    arch: str | None = option(
+        None,
+        "alexnet, alexnet_small, vgg16, vgg16_small, resnet18, resnet50 (default: AlexNet sized for the input)",
+        flag="--arch",
+    )
+    sobel: bool = option(True, "feed Sobel-filtered grayscale (off: RGB)", flag="--no-sobel")
+
+
+@dataclass
+class ClusterConfig:
+    """How features become pseudo-labels."""
+
+    k: int = option(100, "number of clusters", flag="--k", check=whole(2))
+    pca_dim: int = option(256, "PCA-whitening output size (0 turns PCA off)", check=whole(0))
+    pca_sample: int | None = option(
+        None, "train the PCA on this many images (default: all of them)", check=positive_or_none
+    )
+    kmeans_iters: int = option(20, "k-means iterations", check=positive)
+    kmeans_sample: int | None = option(
+        None,
+        "train k-means on this many points drawn at random, then assign every point in batches (default: "
+        "train on all of them); bounds k-means' time and memory on large collections",
+        check=positive_or_none,
+    )
+    kmeans_backend: str = option(
+        "auto",
+        "faiss (CPU), torch (on the run's device) or auto: torch on a CUDA run, faiss otherwise",
+        check=one_of(*KMEANS_BACKENDS),
+    )
+    recluster_every: int | None = option(
+        None,
+        "epochs between two clusterings (default: the method's own, e.g. DeepCluster 1, DeeperCluster 3)",
+        check=positive_or_none,
+    )
+    distributed_kmeans: bool = option(
+        False,
+        "under torchrun: k-means over the processes' shards (all-reduced) instead of gathering the features",
+        flag="--distributed-kmeans",
+    )
+
+
+@dataclass
+class OptimConfig:
+    """SGD for the body and for the top layer."""
+
+    lr: float = option(0.05, "SGD learning rate", flag="--lr", check=number(0))
+    momentum: float = option(0.9, "SGD momentum", check=number(0, above=False, high=1))
+    weight_decay: float = option(1e-5, "SGD weight decay", check=number(0, above=False))
+    head_lr: float | None = option(
+        None, "learning rate of the top layer (default: lr)", check=number(0, optional=True)
+    )
+    batch_size: int = option(
+        128,
+        "training batch (under torchrun: the total over all processes)",
+        flag="--batch-size",
+        check=positive,
+    )
+    epoch_size: int | None = option(
+        None,
+        "images drawn per epoch (default: the data set's size)",
+        flag="--epoch-size",
+        check=positive_or_none,
+    )
+    schedule: str = option(
+        "cosine", "constant or cosine (over the whole run, per step)", check=one_of(*SCHEDULES)
+    )
+    min_lr_ratio: float = option(0.0, "cosine floor as a fraction of lr", check=fraction)
+
+
+@dataclass
+class RunConfig:
+    """Everything about the run that is not the method."""
+
+    epochs: int = option(4, "number of epochs", flag="--epochs", check=positive, resumable=True)
+    seed: int = option(0, "random seed", flag="--seed")
+    device: str = option(
+        "auto", "cpu, cuda, cuda:N or auto (cuda when available)", flag="--device", check=_device_name,
+        resumable=True,
+    )  # fmt: skip
+    precision: str = option(
+        "auto",
+        "fp32, bf16 or auto (bf16 on CPUs with native bf16 and on CUDA GPUs that have it)",
+        flag="--precision",
+        check=one_of(*PRECISIONS),
+    )
+    out: str | None = option(None, "run directory (default runs/<method>-<date>-<time>)", flag="--out")
+    checkpoint_every: int = option(
+        100, "steps between mid-epoch checkpoints (0: only at the end of each epoch)", flag="--checkpoint-every",
+        check=whole(0),
+    )  # fmt: skip
+    save_features: bool = option(
+        False, "write the last clustering features to features.npy", flag="--save-features"
+    )
+    progress: bool = option(True, "progress bars", flag="--no-progress", resumable=True)
+    max_minutes: float | None = option(
+        None,
+        "time budget: stop before an epoch that would end past this many minutes (the schedule still spans "
+        "epochs); unset: run every epoch",
+        check=number(0, optional=True),
+    )
+    threads: int | None = option(
+        None, "CPU threads for torch and faiss (default: theirs)", flag="--threads", check=positive_or_none,
+        resumable=True,
+    )  # fmt: skip
+    report: bool = option(True, "build the run's HTML report (RUN/report/index.html) when training ends")
+    dist_timeout_minutes: float = option(
+        180.0,
+        "under torchrun: how long a process waits for the others in one collective (the first process "
+        "decodes and clusters while the others wait)",
+        check=number(0),
+    )
+
+
+CORE_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "model": ModelConfig,
+    "cluster": ClusterConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
+"""The sections of every run, by name (methods add their own)."""

@@ -1,0 +1,173 @@
+"""A whole run's settings: the core sections plus the sections of the methods, YAML in and out, presets.
+
+`TrainConfig` holds the core sections as fields and each method's section (declared beside the method, e.g.
+`sela`) in `sections`, reachable as an attribute (`config.sela.heads`). Which method sections exist is given
+by whoever creates a config (`deepcluster.methods.METHODS` does it for the registered methods); once created,
+a config carries them, so overrides, validation and YAML need no other knowledge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepcluster.config.options import ConfigError, check_section, coerce, plain
+from deepcluster.config.sections import (
+    CORE_SECTIONS,
+    AugmentConfig,
+    ClusterConfig,
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # For small data within minutes on a CPU: crops down to 20% of the image, colour jitter, over-clustering at
+    # ~10x the expected classes, batch 128 with cosine decay, 4 epochs (about 6 minutes for the embedded 10,000
+    # images on 2 cores; see benchmarks/learns.py). The dataclass defaults are this preset.
+    "default": {},
+    # A plain reading of Caron et al. (2018): crop and flip only, constant lr 0.05, RandomResizedCrop's
+    # default scale range, k = 10,000 (lower it with --k on small data).
+    "paper": {
+        "augment": {"crop_scale": [0.08, 1.0], "color_jitter": 0.0, "grayscale_prob": 0.0},
+        "cluster": {"k": 10000},
+        "optim": {"lr": 0.05, "schedule": "constant", "batch_size": 256},
+        "run": {"epochs": 500},
+    },
+}
+
+
+@dataclass
+class TrainConfig:
+    """A whole run's settings."""
+
+    method: str = "deepcluster"
+    preset: str = "default"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    sections: dict[str, Any] = field(default_factory=dict)
+    """The methods' own sections by name (e.g. "sela": SelaConfig(...)), also reachable as attributes."""
+
+    def __getattr__(self, name: str) -> Any:  # only called when normal lookup fails: a method's section
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        raise AttributeError(f"TrainConfig has no section or attribute {name!r}")
+
+    def section(self, name: str) -> Any:
+        """The core or method section called `name`."""
+        return getattr(self, name) if name in CORE_SECTIONS else self.sections[name]
+
+    def section_names(self) -> list[str]:
+        """Every section of this config: the core ones, then the methods'."""
+        return [*CORE_SECTIONS, *self.sections]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), ready for YAML: method and preset, then every section."""
+        raw: dict[str, Any] = {"method": self.method, "preset": self.preset}
+        for name in self.section_names():
+            raw[name] = dataclasses.asdict(self.section(name))
+        return plain(raw)
+
+    def validate(self) -> None:
+        """Check every option of every section that can be checked without the data; raise ConfigError naming
+        the first bad one."""
+        for name in self.section_names():
+            section = self.section(name)
+            check_section(name, section)
+            rule = getattr(section, "check", None)
+            if rule is not None:
+                rule(self)
+
+
+def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any], origin: str = "config") -> TrainConfig:
+    """A copy of `config` with nested `overrides` ({"optim": {"lr": 0.1}, "method": ...}) applied.
+
+    Unknown sections or options raise ConfigError naming them and where they came from.
+    """
+    new = dataclasses.replace(config, sections=dict(config.sections))
+    for key, value in overrides.items():
+        if key in ("method", "preset"):
+            setattr(new, key, value)
+            continue
+        if key not in new.section_names():
+            known = ", ".join(["method", "preset", *new.section_names()])
+            raise ConfigError(f"{origin}: unknown section {key!r}; known sections: {known}")
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{origin}: section {key!r} must be a mapping of options, got {value!r}")
+        section = dataclasses.replace(new.section(key))
+        valid = {f.name for f in fields(section)}
+        for name, item in value.items():
+            if name not in valid:
+                raise ConfigError(
+                    f"{origin}: unknown option {key}.{name}; options of {key}: {', '.join(sorted(valid))}"
+                )
+            setattr(section, name, coerce(key, name, getattr(section, name), item))
+        if key in CORE_SECTIONS:
+            setattr(new, key, section)
+        else:
+            new.sections[key] = section
+    return new
+
+
+def preset_config(name: str, sections: Mapping[str, type] | None = None) -> TrainConfig:
+    """The configuration of a named preset (`default` or `paper`), with a default instance of each of the
+    method `sections` ({name: dataclass})."""
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name}: unknown preset; choose from {', '.join(PRESETS)}")
+    base = TrainConfig(sections={key: kind() for key, kind in (sections or {}).items()})
+    config = apply_overrides(base, PRESETS[name], origin=f"preset {name}")
+    config.preset = name
+    return config
+
+
+def config_from_dict(
+    raw: Mapping[str, Any],
+    origin: str = "config",
+    sections: Mapping[str, type] | None = None,
+    strict: bool = True,
+) -> TrainConfig:
+    """A config from a nested dict: its preset (default `default`), then the rest. With `strict=False`,
+    sections this config does not know (another program's methods) are skipped instead of refused."""
+    config = preset_config(raw.get("preset", "default"), sections)
+    if not strict:
+        known = {"method", "preset", *config.section_names()}
+        raw = {key: value for key, value in raw.items() if key in known}
+    return apply_overrides(config, raw, origin=origin)
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The mapping in a YAML settings file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--config {path}: not valid YAML ({error})") from error
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"--config {path}: expected a mapping of sections at the top level")
+    return dict(raw)
+
+
+def load_config(
+    path: str | os.PathLike[str], sections: Mapping[str, type] | None = None, strict: bool = True
+) -> TrainConfig:
+    """Read a YAML file written by a run (or by hand); `sections` and `strict` as in `config_from_dict`."""
+    return config_from_dict(read_yaml(path), origin=f"--config {path}", sections=sections, strict=strict)
+
+
+def dump_config(config: TrainConfig) -> str:
+    """YAML text of every setting."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

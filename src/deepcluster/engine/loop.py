@@ -1,0 +1,206 @@
+"""The epoch loop shared by every method, read as the papers' algorithm: for each epoch, assign labels when the
+method's schedule says so, train the steps on them, finish the epoch; checkpoints make every stop resumable.
+
+One epoch, as data:
+    images --cluster view--> backbone [+ heads] --> values --method.assign--> labels      (labels.py)
+       `--train view--> backbone + head(s) <-- the method's sampler over labels --> loss --> SGD step
+
+Every random draw is either counter-based (a seed derived from the run's seed and the epoch/step it serves) or
+comes from the global generators whose states the checkpoint carries, so a resumed run reaches the same weights
+and labels as one that never stopped (same seed, same device and thread count).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from deepcluster.config import TrainConfig
+from deepcluster.engine.device import channels_last
+from deepcluster.engine.labels import format_stats
+from deepcluster.engine.session import Session
+from deepcluster.methods import METHODS
+
+log = logging.getLogger("deepcluster")
+
+
+@dataclass
+class RunResult:
+    """What a finished run hands back to the caller."""
+
+    run_dir: Path
+    labels: np.ndarray
+    indices: np.ndarray
+    history: list[dict[str, Any]]
+    backbone: nn.Module
+    config: TrainConfig | None = None
+    """The run's settings, resolved (what config.yaml holds)."""
+
+
+StepCallback = Callable[["Trainer"], None]
+
+
+class Trainer(Session):
+    """Runs one configuration end to end, or resumes it from its run directory."""
+
+    def __init__(
+        self, config: TrainConfig, resume: bool = False, on_step: StepCallback | None = None
+    ) -> None:
+        super().__init__(config, resume, METHODS)
+        self.on_step = on_step
+
+    def fit(self) -> RunResult:
+        """Run (or continue) every epoch, then write labels.csv; returns labels and the trained backbone."""
+        try:
+            self.setup()
+            started = time.perf_counter()
+            for epoch in range(self.state.epoch, self.config.run.epochs):
+                if self._out_of_time(started):
+                    break
+                self._train_epoch(epoch)
+                self._finish_epoch(epoch)
+                self.save()
+            labels = self.state.labels
+            assert labels is not None
+            if self.procs.is_main:
+                data = self.data
+                names = [data.name_of(int(i)) for i in data.indices]
+                self.run_dir.write_labels_csv(data.indices, names, labels, data.true_labels)
+            log.info("finished: %s", json.dumps(self.state.history[-1]) if self.state.history else "no epoch")
+            return RunResult(
+                self.run_dir.root, labels, self.data.indices, self.state.history, self.backbone, self.config
+            )
+        finally:
+            self.resources.close()
+
+    # ------------------------------------------------------------------ one epoch
+    def _train_epoch(self, epoch: int) -> None:
+        cfg, state, nets, procs = self.config, self.state, self.nets, self.procs
+        self._run_due_updates(epoch)
+        if state.labels is None or nets.heads is None:
+            raise RuntimeError(f"method {self.method.name} scheduled no label assignment before step 0")
+        indices = self.method.sample(
+            state.labels, self.steps_per_epoch * self.batch_size, seed=self.seed("sampler", epoch)
+        )
+        labels = torch.as_tensor(state.labels)
+        nets.train()
+        images, device = self.data.images, self.precision.device
+        updating = 0.0  # seconds of label updates inside the loop, not counted as training
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.steps_per_epoch, initial=state.step, desc=f"epoch {epoch} train", unit="batch",
+            disable=not self.progress, leave=False,
+        )  # fmt: skip
+        while state.step < self.steps_per_epoch:
+            began = time.perf_counter()
+            if self._run_due_updates(epoch):
+                labels = torch.as_tensor(state.labels)
+                nets.train()
+                updating += time.perf_counter() - began
+            step = state.step
+            # This process's part of the step's batch: the processes' parts together are the whole batch.
+            batch = torch.as_tensor(indices[procs.batch_part(step, self.batch_size)])
+            generator = self.generator("augment", epoch, step)
+            x = self.train_view(images[batch.to(images.device)].to(device, non_blocking=True), generator)
+            x, targets = self.method.prepare_batch(x, labels[batch].to(device, non_blocking=True), generator)
+            x = channels_last(x)
+            nets.set_lr(self._lr_factor(epoch, step))
+            with self.precision.autocast():
+                outputs = self.method.head_outputs(nets.train_heads, nets.train_backbone(x), targets)
+            loss = self.method.loss(outputs, targets)
+            value = procs.mean(float(loss.detach()))
+            if not math.isfinite(value):
+                self.diverged(f"the training loss became {value}")
+            nets.step(loss)
+            state.loss_sum += value
+            state.loss_count += 1
+            state.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+            every = cfg.run.checkpoint_every
+            if every and state.step % every == 0 and state.step < self.steps_per_epoch:
+                self.save()
+            if self.on_step is not None:
+                self.on_step(self)
+        bar.close()
+        spent = time.perf_counter() - started - updating
+        if (
+            epoch == cfg.run.epochs - 1
+        ):  # an update scheduled after the last step: the trained network's labels
+            self._run_due_updates(epoch)
+        state.record["seconds_train"] = state.record.get("seconds_train", 0.0) + spent
+
+    def _run_due_updates(self, epoch: int) -> bool:
+        """Assign labels if the schedule has an update due at (or, after a resume, before) the current step.
+
+        Several due updates collapse into one. Each update is followed by a checkpoint. Returns True if one ran.
+        """
+        state = self.state
+        due = bisect.bisect_right(self.schedule, epoch * self.steps_per_epoch + state.step)
+        if due <= state.updates_done:
+            return False
+        self.labeller.update(state, epoch)
+        state.updates_done = due
+        self.save()
+        return True
+
+    def _lr_factor(self, epoch: int, step: int) -> float:
+        optim = self.config.optim
+        if optim.schedule == "constant":
+            return 1.0
+        total = self.config.run.epochs * self.steps_per_epoch
+        progress = (epoch * self.steps_per_epoch + step) / max(1, total)
+        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _finish_epoch(self, epoch: int) -> None:
+        state = self.state
+        record = dict(state.record)
+        record.setdefault("label_updates", 0)
+        record["loss"] = state.loss_sum / max(1, state.loss_count)
+        record["lr"] = self.config.optim.lr * self._lr_factor(epoch, self.steps_per_epoch - 1)
+        record["seconds"] = sum(
+            record.get(key, 0.0) for key in ("seconds_extract", "seconds_assign", "seconds_train")
+        )
+        ordered = {
+            "epoch": epoch,
+            "loss": record.pop("loss"),
+            **{k: v for k, v in record.items() if k != "epoch"},
+        }
+        state.history.append(ordered)
+        state.epoch = epoch + 1
+        state.step = 0
+        state.loss_sum, state.loss_count = 0.0, 0
+        state.record = {}
+        if self.procs.is_main:
+            self.run_dir.write_metrics(state.history)
+            self.resources.write_scalars(ordered, epoch)
+        log.info("epoch %d done: %s", epoch, format_stats(ordered))
+
+    def _out_of_time(self, started: float) -> bool:
+        """True when `run.max_minutes` is set and one more epoch (as long as the last) would overrun it (the
+        main process's clock decides for all)."""
+        budget = self.config.run.max_minutes
+        if budget is None or self.state.step > 0:
+            return False
+        history = self.state.history
+        projected = (
+            time.perf_counter() - started + (float(history[-1].get("seconds", 0.0)) if history else 0.0)
+        )
+        if self.procs.broadcast_object(projected <= budget * 60):
+            return False
+        log.info(
+            "stopping before epoch %d: the next epoch would end past %.1f minutes", self.state.epoch, budget
+        )
+        return True

@@ -1,0 +1,115 @@
+"""The networks a run trains and their optimisers: the backbone (kept for the whole run) and the heads (new after
+every label update for most methods), each wrapped for DistributedDataParallel under torchrun."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.engine.distributed import Processes
+from deepcluster.methods import Assignment, Method
+from deepcluster.models import build_backbone
+from deepcluster.seeding import derive_seed, torch_generator
+
+
+def new_backbone(config: TrainConfig) -> nn.Module:
+    """The configured backbone, freshly initialised from torch's global generator."""
+    model = config.model
+    try:
+        return build_backbone(model.arch, sobel=model.sobel, input_size=config.data.input_size)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+
+
+def _sgd(parameters: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:
+    optim = config.optim
+    return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+class Networks:
+    """Backbone, heads and their SGD optimisers; `train_*` are the modules the training step calls (DDP-wrapped
+    under torchrun, the modules themselves in one process)."""
+
+    def __init__(
+        self, config: TrainConfig, method: Method, backbone: nn.Module, procs: Processes, device: torch.device
+    ) -> None:
+        self.config, self.method, self.procs, self.device = config, method, procs, device
+        self.backbone = backbone.to(device).to(memory_format=torch.channels_last)
+        self.train_backbone: nn.Module = procs.wrap(self.backbone, every_parameter_used=True)
+        self.optimizer = _sgd(self.backbone.trainable_parameters(), config.optim.lr, config)
+        self.heads: nn.Module | None = None
+        self.train_heads: nn.Module | None = None
+        self.head_optimizer: torch.optim.Optimizer | None = None
+        self.n_classes: int | None = None
+
+    def new_heads(self, assignment: Assignment, epoch: int) -> None:
+        """Freshly initialised heads for the assignment's labels (seeded by the epoch) and their optimiser."""
+        generator = torch_generator(derive_seed(self.config.run.seed, "heads", epoch))
+        heads = self.method.build_heads(self.backbone.feature_dim, assignment, generator)
+        self.heads = heads.to(self.device)
+        self.train_heads = None  # unhook the previous heads' wrapper before wrapping the new ones
+        self.train_heads = self.procs.wrap(self.heads, self.method.uses_every_head_parameter)
+        self.n_classes = assignment.n_classes
+        optim = self.config.optim
+        self.head_optimizer = _sgd(self.heads.parameters(), optim.head_lr or optim.lr, self.config)
+
+    def set_lr(self, factor: float) -> None:
+        """Learning rates at `factor` times their base (optim.lr; optim.head_lr or lr for the heads)."""
+        optim = self.config.optim
+        for group in self.optimizer.param_groups:
+            group["lr"] = optim.lr * factor
+        if self.head_optimizer is not None:
+            for group in self.head_optimizer.param_groups:
+                group["lr"] = (optim.head_lr or optim.lr) * factor
+
+    def eval(self) -> None:
+        self.backbone.eval()
+        if self.heads is not None:
+            self.heads.eval()
+
+    def train(self) -> None:
+        self.backbone.train()
+        if self.heads is not None:
+            self.heads.train()
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One SGD step of the backbone and the heads on `loss`."""
+        assert self.head_optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.head_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.head_optimizer.step()
+
+    def first_non_finite(self) -> str | None:
+        """'backbone weight NAME' (or 'head weight NAME') of the first parameter that is NaN or infinite."""
+        modules = [("backbone", self.backbone)] + ([("head", self.heads)] if self.heads is not None else [])
+        for owner, module in modules:
+            for name, param in module.named_parameters():
+                if not bool(torch.isfinite(param).all()):
+                    return f"{owner} weight {name}"
+        return None
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's model fields."""
+        return {
+            "arch": self.config.model.arch,
+            "model": self.backbone.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "heads": None if self.heads is None else self.heads.state_dict(),
+            "head_optimizer": None if self.head_optimizer is None else self.head_optimizer.state_dict(),
+            "n_classes": None if self.heads is None else self.n_classes,
+        }
+
+    def load(self, checkpoint: dict[str, Any], labels: Any, epoch: int) -> None:
+        """Put back what `state` saved (heads rebuilt for `labels` first, as the label update had built them)."""
+        self.backbone.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint["heads"] is not None:
+            self.new_heads(Assignment(labels=labels, n_classes=checkpoint["n_classes"]), epoch=epoch)
+            assert self.heads is not None and self.head_optimizer is not None
+            self.heads.load_state_dict(checkpoint["heads"])
+            self.head_optimizer.load_state_dict(checkpoint["head_optimizer"])

@@ -1,0 +1,205 @@
+"""A run's set-up, checkpoints and resume: everything the epoch loop (`loop.py`) stands on.
+
+Built from a config, a `Session` checks every setting it can before touching the data (options, device, method,
+data size); `setup` then joins the processes, prepares the run directory, builds the backbone, decodes the
+images and, on a resume, puts the last checkpoint back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcluster.config import ConfigError, TrainConfig, dump_config
+from deepcluster.data.sources import open_source
+from deepcluster.data.views import ClusterView, TrainView
+from deepcluster.engine.device import Precision, images_on_device
+from deepcluster.engine.distributed import Processes
+from deepcluster.engine.labels import LabelPhase
+from deepcluster.engine.networks import Networks, new_backbone
+from deepcluster.engine.resources import RunImages, RunResources
+from deepcluster.engine.setup import check_data_size, check_processes, resolve_config, run_device
+from deepcluster.engine.state import LoopState, TrainingDiverged, checkpoint_state, loop_state, rng_states
+from deepcluster.methods import MethodRegistry
+from deepcluster.seeding import (
+    capture_rng_state,
+    derive_seed,
+    restore_rng_state,
+    seed_everything,
+    torch_generator,
+)
+from deepcluster.storage import RunDir, atomic_write_text, load_checkpoint, save_checkpoint
+
+log = logging.getLogger("deepcluster")
+
+
+class Session:
+    """One run's settings, method, resources, networks and loop state."""
+
+    def __init__(self, config: TrainConfig, resume: bool, methods: MethodRegistry) -> None:
+        config = methods.complete(config)
+        methods.validate(config)
+        device = run_device(config)
+        self.resume = resume
+        if config.run.threads:
+            torch.set_num_threads(config.run.threads)
+        data = config.data
+        self.source = open_source(data.data, root=data.data_root, split=data.split, download=data.download)
+        self.config = resolve_config(config, self.source, device)
+        self.method = methods.build(self.config, device)
+        check_data_size(self.config, self.method, len(self.source))
+        check_processes(self.config, self.method)
+        self.precision = Precision(device, self.config.run.precision)
+        self.resources = RunResources(self.config, device, resume)
+        self.state = LoopState()
+        self.progress = False
+
+    # ------------------------------------------------------------------ views of the parts
+    @property
+    def procs(self) -> Processes:
+        return self.resources.procs
+
+    @property
+    def run_dir(self) -> RunDir:
+        assert self.resources.run_dir is not None, "setup() has not run"
+        return self.resources.run_dir
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.nets.backbone
+
+    @property
+    def train_backbone(self) -> nn.Module:
+        return self.nets.train_backbone
+
+    @property
+    def heads(self) -> nn.Module | None:
+        return self.nets.heads
+
+    @property
+    def train_heads(self) -> nn.Module | None:
+        return self.nets.train_heads
+
+    def seed(self, *key: int | str) -> int:
+        """A seed of the run for `key` (the same on every process)."""
+        return derive_seed(self.config.run.seed, *key)
+
+    def generator(self, name: str, *key: int) -> torch.Generator:
+        """A generator for `name` at `key`, with this process's own stream under torchrun."""
+        ranked = key + ((self.procs.rank,) if self.procs.distributed else ())
+        return torch_generator(self.seed(name, *ranked))
+
+    # ------------------------------------------------------------------ set-up
+    def setup(self) -> None:
+        """Join, prepare, build, decode, and on a resume load the last checkpoint."""
+        self.config = cfg = self.resources.open()
+        procs, device = self.procs, self.precision.device
+        self.progress = cfg.run.progress and procs.is_main
+        if not self.resume:
+            seed_everything(cfg.run.seed)
+        backbone = new_backbone(cfg)
+        if procs.rank > 0 and not self.resume:  # same initial weights everywhere, own dropout draws
+            seed_everything(self.seed("rank", procs.rank))
+        log.info("data: %s", self.source.description)
+        if procs.distributed:
+            backend = "NCCL" if procs.device.type == "cuda" else "gloo"
+            log.info(
+                "%d processes (%s), this is rank %d of node %d",
+                procs.world_size,
+                backend,
+                procs.rank,
+                procs.node,
+            )
+        decoded = self.resources.decode(self.source, self.progress)
+        if decoded.skipped and procs.is_main:
+            self.run_dir.write_skipped(decoded.skipped)
+            log.warning(
+                "%d image(s) could not be read and were skipped; see %s",
+                len(decoded.skipped),
+                self.run_dir.skipped,
+            )
+        n_images = decoded.images.shape[0]
+        check_data_size(cfg, self.method, n_images)
+        true = self.source.labels
+        self.data = RunImages(
+            images=images_on_device(decoded.images, device), indices=decoded.indices, name_of=self.source.name,
+            true_labels=None if true is None else np.asarray(true)[decoded.indices],
+        )  # fmt: skip
+        if procs.is_main:
+            atomic_write_text(self.run_dir.config, dump_config(cfg))
+        self.nets = Networks(cfg, self.method, backbone, procs, device)
+        self.cluster_view = ClusterView(cfg.data.input_size, cfg.data.mean, cfg.data.std)
+        aug = cfg.augment
+        self.train_view = TrainView(
+            cfg.data.input_size, cfg.data.mean, cfg.data.std, scale=aug.crop_scale, ratio=aug.crop_ratio,
+            flip=aug.flip, color_jitter=aug.color_jitter, grayscale_prob=aug.grayscale_prob,
+        )  # fmt: skip
+        epoch_size = cfg.optim.epoch_size or n_images
+        self.batch_size = min(cfg.optim.batch_size, epoch_size)
+        if self.batch_size % procs.world_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} (the total over all processes) is not a multiple of the "
+                f"{procs.world_size} processes; choose a multiple of {procs.world_size}"
+            )
+        self.steps_per_epoch = max(1, epoch_size // self.batch_size)
+        self.schedule = self.method.label_update_steps(self.steps_per_epoch, cfg.run.epochs)
+        self.labeller = LabelPhase(
+            cfg, self.method, self.nets, self.resources, self.data, self.precision,
+            (self.cluster_view, self.train_view), self.progress, self.diverged,
+        )  # fmt: skip
+        if self.resume:
+            self._load()
+        self.resources.open_writer(purge_step=self.state.epoch or None)
+        log.info(
+            "run %s: %s on %d images, arch %s at %d px, k=%d, %s/%s, %d steps/epoch", self.run_dir.root, cfg.method,
+            n_images, cfg.model.arch, cfg.data.input_size, cfg.cluster.k, device, self.precision.name,
+            self.steps_per_epoch,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """Write checkpoints/last.pt atomically; refuse (and stop the run) if the weights are no longer finite."""
+        bad = self.nets.first_non_finite()
+        if bad is not None:
+            self.diverged(f"{bad} became NaN or infinite")
+        rng = self.procs.all_gather_object(
+            capture_rng_state()
+        )  # every process's generators, for exact resume
+        if self.procs.is_main:
+            state = checkpoint_state(
+                self.config.to_dict(), self.nets.state(), self.state, self.data.indices, rng
+            )
+            save_checkpoint(self.run_dir.checkpoint, state)
+
+    def diverged(self, what: str) -> None:
+        """Stop the run: `what` became NaN or infinite."""
+        raise TrainingDiverged(
+            f"{what} at epoch {self.state.epoch}, step {self.state.step}; the last good checkpoint is "
+            f"{self.run_dir.checkpoint}. Lower --lr (now {self.config.optim.lr}) and start again, or resume "
+            "with a lower rate."
+        )
+
+    def _load(self) -> None:
+        path = self.run_dir.checkpoint
+        if not path.exists():
+            raise ConfigError(f"--resume {self.run_dir.root}: no checkpoint at {path}")
+        ckpt = load_checkpoint(path)
+        if not np.array_equal(ckpt["indices"], self.data.indices):
+            raise ConfigError(f"--resume {self.run_dir.root}: the images readable now differ from the run's")
+        self.state = loop_state(ckpt, self.schedule, self.steps_per_epoch)
+        self.nets.load(ckpt, labels=self.state.labels, epoch=self.state.epoch)
+        rng = rng_states(ckpt)
+        if len(rng) == self.procs.world_size:
+            restore_rng_state(rng[self.procs.rank])
+        else:
+            log.warning(
+                "the run was saved by %d process(es) and resumes on %d: random draws of dropout differ from an "
+                "unbroken run (everything else is seeded by step)", len(rng), self.procs.world_size,
+            )  # fmt: skip
+            seed_everything(self.seed("resume", self.procs.rank, self.state.step))
+        if self.procs.is_main:
+            self.run_dir.write_metrics(self.state.history)
+        log.info("resumed %s at epoch %d, step %d", self.run_dir.root, self.state.epoch, self.state.step)

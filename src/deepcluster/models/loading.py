@@ -1,0 +1,69 @@
+"""The trained network of a run directory or a checkpoint file (ours or the released DeepCluster layout)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, default_resize, load_config
+from deepcluster.models.backbone import Backbone
+from deepcluster.models.checkpoint_import import import_deepcluster_checkpoint
+from deepcluster.models.registry import build_backbone
+from deepcluster.storage import RunDir, load_checkpoint
+
+
+@dataclass
+class LoadedModel:
+    """A backbone to evaluate and what is known of where it came from."""
+
+    backbone: Backbone
+    arch: str
+    sobel: bool
+    input_size: int
+    resize: int
+    run_dir: Path | None
+    data: str | None
+    split: str | None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    report: str | None = None
+
+
+def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel:
+    """Build and load the network of a run directory or a checkpoint file."""
+    path = Path(target)
+    if path.is_dir():
+        run = RunDir(path)
+        if not run.config.is_file() or not run.checkpoint.is_file():
+            raise ConfigError(f"{path}: not a run directory (needs config.yaml and checkpoints/last.pt)")
+        config = load_config(run.config, strict=False)  # the data and model sections; methods' are not needed
+        size = int(config.data.input_size or 224)
+        backbone = build_backbone(str(config.model.arch), sobel=config.model.sobel, input_size=size)
+        backbone.load_state_dict(load_checkpoint(run.checkpoint)["model"])
+        resize = int(config.data.resize or size)
+        return LoadedModel(
+            backbone, str(config.model.arch), config.model.sobel, size, resize, path,
+            config.data.data, config.data.split, config.data.mean, config.data.std,
+        )  # fmt: skip
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such run directory or checkpoint file")
+    checkpoint = load_checkpoint(path)
+    if "model" in checkpoint and "config" in checkpoint:  # one of ours
+        settings = checkpoint["config"]
+        size = int(input_size or settings["data"]["input_size"])
+        arch, sobel = str(settings["model"]["arch"]), bool(settings["model"]["sobel"])
+        backbone = build_backbone(arch, sobel=sobel, input_size=size)
+        backbone.load_state_dict(checkpoint["model"])
+        resize = int(settings["data"].get("resize") or size)
+        mean, std = tuple(settings["data"]["mean"]), tuple(settings["data"]["std"])
+        return LoadedModel(
+            backbone, arch, sobel, size, resize, None, settings["data"]["data"], None, mean, std
+        )
+    size = int(input_size or 224)
+    imported = import_deepcluster_checkpoint(path, input_size=size, trusted=True)
+    backbone = imported.model
+    resize = default_resize(size)
+    return LoadedModel(
+        backbone, backbone.arch, backbone.sobel is not None, size, resize, None, None, None,
+        report=imported.report.message(),
+    )  # fmt: skip
