@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from deepcluster.evaluate.knn import weighted_knn_accuracy, weighted_knn_predict
+from deepcluster.cluster.knn import weighted_knn_accuracy, weighted_knn_predict
 
 
 def test_weighted_vote_by_hand():

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def preset_config(name: str = "default") -> TrainConfig:
-    """A named preset (`default` or `paper`) with every registered method's section; see `deepcluster.api`."""
+def preset_config(name: str = "default", method: str | None = None) -> TrainConfig:
+    """A named preset (`default` or `paper`) for `method`, with every registered method's section; see
+    `deepcluster.api.preset_config`."""
     from deepcluster import api
 
-    return api.preset_config(name)
+    return api.preset_config(name, method)
 
 
 def config_from_dict(raw: Any, origin: str = "config") -> TrainConfig:

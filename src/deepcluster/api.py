@@ -19,9 +19,10 @@ from deepcluster.methods import METHODS
 log = logging.getLogger("deepcluster")
 
 
-def preset_config(name: str = "default") -> TrainConfig:
-    """A named preset (`default` or `paper`) with every registered method's settings section."""
-    return METHODS.preset(name)
+def preset_config(name: str = "default", method: str | None = None) -> TrainConfig:
+    """A named preset (`default` or `paper`) for `method` (default: the default method), with every registered
+    method's settings section; the method's own starting settings apply under the preset's."""
+    return METHODS.preset(name, method)
 
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "config") -> TrainConfig:

@@ -94,22 +94,20 @@ def _given(args: argparse.Namespace, methods: MethodRegistry) -> list[tuple[str,
 
 
 def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHODS) -> TrainConfig:
-    """Preset, then --config file, then --set, then the named flags (later wins)."""
-    if args.config:
-        raw = read_yaml(args.config)
-        if args.preset:
-            raw["preset"] = args.preset
-        config = methods.from_dict(raw, origin=f"--config {args.config}")
-    else:
-        config = methods.preset(args.preset or "default")
+    """The method's starting settings, the preset, then --config file, then --set, then the named flags (later
+    wins)."""
+    given = _given(args, methods)
+    method = args.method or next((info.selects_method for *_, info, _ in given if info.selects_method), None)
+    raw = read_yaml(args.config) if args.config else {}
+    raw["preset"] = args.preset or raw.get("preset", "default")
+    raw["method"] = method or raw.get("method")
+    if raw["method"] is None:
+        del raw["method"]
+    config = methods.from_dict(raw, origin=f"--config {args.config}" if args.config else "command line")
     config = apply_overrides(config, parse_set(args.set), origin="--set")
     flags: dict[str, Any] = {}
-    for section, name, info, value in _given(args, methods):
+    for section, name, _, value in given:
         flags.setdefault(section, {})[name] = value
-        if info.selects_method and not args.method:
-            flags["method"] = info.selects_method
-    if args.method:
-        flags["method"] = args.method
     return apply_overrides(config, flags, origin="command line")
 
 

@@ -29,6 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
+OPTIMIZERS = ("sgd", "lars")
 
 
 def default_resize(input_size: int) -> int:
@@ -115,6 +116,12 @@ class AugmentConfig:
         0.4, "strength of brightness/contrast/saturation jitter (0: off)", check=number(0, above=False)
     )
     grayscale_prob: float = option(0.0, "probability of turning a crop grayscale", check=fraction)
+    jitter_prob: float = option(1.0, "share of the crops whose colours are jittered", check=fraction)
+    blur_prob: float = option(
+        0.0,
+        "share of the crops blurred by a Gaussian (inputs of at least 96 px only, as SwAV)",
+        check=fraction,
+    )
 
 
 @dataclass
@@ -166,7 +173,8 @@ class ClusterConfig:
 class OptimConfig:
     """SGD for the body and for the top layer."""
 
-    lr: float = option(0.05, "SGD learning rate", flag="--lr", check=number(0))
+    optimizer: str = option("sgd", "sgd, or lars (layer-wise adaptive rates, as SwAV)", check=one_of(*OPTIMIZERS))
+    lr: float = option(0.05, "learning rate", flag="--lr", check=number(0))
     momentum: float = option(0.9, "SGD momentum", check=number(0, above=False, high=1))
     weight_decay: float = option(1e-5, "SGD weight decay", check=number(0, above=False))
     head_lr: float | None = option(
@@ -188,6 +196,10 @@ class OptimConfig:
         "cosine", "constant or cosine (over the whole run, per step)", check=one_of(*SCHEDULES)
     )
     min_lr_ratio: float = option(0.0, "cosine floor as a fraction of lr", check=fraction)
+    warmup_epochs: float = option(
+        0.0, "linear warm-up of the learning rate from 0 over this many epochs, then the schedule",
+        check=number(0, above=False),
+    )  # fmt: skip
 
 
 @dataclass
@@ -214,7 +226,18 @@ class RunConfig:
     save_features: bool = option(
         False, "write the last clustering features to features.npy", flag="--save-features"
     )
-    progress: bool = option(True, "progress bars", flag="--no-progress", resumable=True)
+    progress: bool = option(
+        True,
+        "progress bars (on a terminal only: a redirected log gets none)",
+        flag="--no-progress",
+        resumable=True,
+    )
+    knn_monitor: int = option(
+        2000,
+        "each epoch, weighted k-NN (k 20, leave-one-out) of the true classes on the method's embedding of this "
+        "many images (a fixed sample), logged as knn_true; for evaluation only, when the data has labels (0: off)",
+        check=whole(0),
+    )
     max_minutes: float | None = option(
         None,
         "time budget: stop before an epoch that would end past this many minutes (the schedule still spans "

@@ -121,12 +121,21 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any], origin: s
     return new
 
 
-def preset_config(name: str, sections: Mapping[str, type] | None = None) -> TrainConfig:
+def preset_config(
+    name: str,
+    sections: Mapping[str, type] | None = None,
+    method: str | None = None,
+    method_defaults: Mapping[str, Any] | None = None,
+) -> TrainConfig:
     """The configuration of a named preset (`default` or `paper`), with a default instance of each of the
-    method `sections` ({name: dataclass})."""
+    method `sections` ({name: dataclass}), for `method` (default: TrainConfig's), whose own starting settings
+    `method_defaults` apply over the core defaults and under the preset's."""
     if name not in PRESETS:
         raise ConfigError(f"--preset {name}: unknown preset; choose from {', '.join(PRESETS)}")
     base = TrainConfig(sections={key: kind() for key, kind in (sections or {}).items()})
+    if method is not None:
+        base.method = method
+    base = apply_overrides(base, method_defaults or {}, origin=f"defaults of --method {base.method}")
     config = apply_overrides(base, PRESETS[name], origin=f"preset {name}")
     config.preset = name
     return config
@@ -140,7 +149,7 @@ def config_from_dict(
 ) -> TrainConfig:
     """A config from a nested dict: its preset (default `default`), then the rest. With `strict=False`,
     sections this config does not know (another program's methods) are skipped instead of refused."""
-    config = preset_config(raw.get("preset", "default"), sections)
+    config = preset_config(raw.get("preset", "default"), sections, method=raw.get("method"))
     if not strict:
         known = {"method", "preset", *config.section_names()}
         raw = {key: value for key, value in raw.items() if key in known}

@@ -151,7 +151,7 @@ def decode_images(
     out = _allocate((n, 3, size, size), cache_file)
     failures: list[tuple[int, str]] = []
     chunk = max(1, min(64, n // (threads * 8)))
-    with tqdm(total=n, desc="decode", unit="img", disable=not progress) as bar:
+    with tqdm(total=n, desc="decode", unit="img", disable=None if progress else True) as bar:
         if threads == 1:
             for start in range(0, n, chunk):
                 stop = min(n, start + chunk)

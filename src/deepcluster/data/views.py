@@ -2,8 +2,9 @@
 
 * Cluster view: centre crop to the input size, scale to [0, 1], normalise. No randomness.
 * Train view: random resized crop (torchvision's sampling rule, done for a whole batch at once with
-  `torchvision.ops.roi_align`), horizontal flip, optional brightness/contrast/saturation jitter and random
-  grayscale, normalise.
+  `torchvision.ops.roi_align`), horizontal flip, optional brightness/contrast/saturation jitter (with a
+  probability), random grayscale and Gaussian blur, normalise.
+* Multi-crop view (SwAV): a few large train-view crops and several small ones of each image, as a list.
 
 Images arrive as uint8 [B, 3, S, S] (decoded once, see `decode.py`); every random draw comes from a
 `torch.Generator` the caller owns, so a batch's augmentation is fixed by the generator's seed.
@@ -116,6 +117,11 @@ class TrainView:
     flip: bool = True
     color_jitter: float = 0.0
     grayscale_prob: float = 0.0
+    jitter_prob: float = 1.0
+    """Share of the images whose colours are jittered (1: all of them, drawing nothing for the choice)."""
+    blur_prob: float = 0.0
+    """Share of the images blurred with a Gaussian of sigma ~ U(blur_sigma), kernel about a tenth of the side."""
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """uint8 [B, 3, S, S] -> float32 [B, 3, input_size, input_size]; randomness from `generator` (CPU)."""
@@ -129,11 +135,35 @@ class TrainView:
             flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         if self.color_jitter > 0:
-            x = self._jitter(x, generator)
+            jittered = self._jitter(x, generator)
+            if self.jitter_prob < 1:
+                chosen = (torch.rand(n, generator=generator) < self.jitter_prob).to(images.device)
+                jittered = torch.where(chosen.view(-1, 1, 1, 1), jittered, x)
+            x = jittered
         if self.grayscale_prob > 0:
             gray = (torch.rand(n, generator=generator) < self.grayscale_prob).to(images.device)
             x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+        if self.blur_prob > 0:
+            x = self._blur(x, generator)
         return _normalize(x, self.mean, self.std)
+
+    def _blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Gaussian blur of the chosen images, each with its own sigma (one grouped convolution per axis)."""
+        n, channels, height, width = x.shape
+        chosen = torch.rand(n, generator=generator) < self.blur_prob
+        sigma = torch.empty(n).uniform_(*self.blur_sigma, generator=generator)
+        radius = max(1, int(0.05 * max(height, width)))
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernels = torch.exp(-(offsets[None, :] ** 2) / (2 * sigma[:, None] ** 2))
+        kernels = kernels / kernels.sum(dim=1, keepdim=True)
+        identity = (offsets == 0).float().expand_as(kernels)
+        kernels = torch.where(chosen[:, None], kernels, identity).to(x.device, x.dtype)
+        weight = kernels.repeat_interleave(channels, dim=0)  # one kernel per (image, channel)
+        flat = x.reshape(1, n * channels, height, width)
+        padded = torch.nn.functional.pad(flat, (radius, radius, radius, radius), mode="reflect")
+        rows = torch.nn.functional.conv2d(padded, weight.view(-1, 1, 1, 2 * radius + 1), groups=n * channels)
+        both = torch.nn.functional.conv2d(rows, weight.view(-1, 1, 2 * radius + 1, 1), groups=n * channels)
+        return both.reshape(n, channels, height, width)
 
     def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image, in that order."""
@@ -146,3 +176,28 @@ class TrainView:
         x = (contrast * x + (1 - contrast) * mean_gray).clamp_(0, 1)
         x = (saturation * x + (1 - saturation) * _grayscale(x)).clamp_(0, 1)
         return x
+
+
+@dataclass(frozen=True)
+class MultiCropView:
+    """SwAV's multi-crop: `n_large` crops by the `large` view, then `n_small` by the `small` one (smaller side,
+    smaller area), each drawn independently; returns the list of crop batches in that order."""
+
+    large: TrainView
+    small: TrainView | None = None
+    n_large: int = 2
+    n_small: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_large < 1 or self.n_small < 0 or (self.n_small and self.small is None):
+            raise ValueError(
+                f"MultiCropView: need n_large >= 1 and a small view for n_small > 0, got {self.n_large}, "
+                f"{self.n_small}"
+            )
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+        """uint8 [B, 3, S, S] -> [large crop 1, ..., small crop 1, ...], each float32 [B, 3, side, side]."""
+        crops = [self.large(images, generator) for _ in range(self.n_large)]
+        if self.small is not None:
+            crops += [self.small(images, generator) for _ in range(self.n_small)]
+        return crops

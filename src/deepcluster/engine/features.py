@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from deepcluster.engine.device import Precision, channels_last
+from deepcluster.engine.device import Precision
+from deepcluster.models import channels_last
 
 
 @torch.no_grad()
@@ -30,7 +31,7 @@ def extract_features(
     """
     n = images.shape[0]
     out: np.ndarray | None = None  # allocated once the first batch shows D: no list of chunks to concatenate
-    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
+    bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False)
     for start in range(0, n, batch_size):
         batch = images[start : start + batch_size].to(precision.device, non_blocking=True)
         x = channels_last(view(batch))

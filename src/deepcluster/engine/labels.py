@@ -14,7 +14,7 @@ import torch
 
 from deepcluster.cluster.metrics import ari, nmi
 from deepcluster.config import TrainConfig
-from deepcluster.data.views import ClusterView, TrainView
+from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
 from deepcluster.engine.distributed import Processes
 from deepcluster.engine.features import all_finite, extract_features
@@ -22,6 +22,7 @@ from deepcluster.engine.networks import Networks
 from deepcluster.engine.resources import RunImages, RunResources
 from deepcluster.engine.state import LoopState
 from deepcluster.methods import Assignment, ExtractingMethod, Method, primary_labels
+from deepcluster.methods.base import View
 from deepcluster.seeding import derive_seed, torch_generator
 from deepcluster.storage import atomic_save_numpy
 
@@ -39,7 +40,7 @@ class LabelPhase:
         resources: RunResources,
         data: RunImages,
         precision: Precision,
-        views: tuple[ClusterView, TrainView],
+        views: tuple[ClusterView, View],
         progress: bool,
         diverged: Callable[[str], None],
     ) -> None:
@@ -60,12 +61,18 @@ class LabelPhase:
                 self.data.indices, self.data.name_of, derive_seed(cfg.run.seed, "initial")
             )
         extracted = started
+        # Seeds of epoch-start updates are those of the single-update engine, so older runs reproduce.
+        key = (epoch,) if state.step == 0 else (epoch, state.step)
+        seed = derive_seed(cfg.run.seed, "assign", *key)
+        if assignment is None and state.labels is not None:
+            assignment = self._method().assign_stored(seed, self.nets.heads)
         if assignment is None:
+            if self.nets.heads is None and self._method().extracts_through_heads:
+                blank = np.zeros(len(self.data.indices), dtype=np.int64)
+                self.nets.new_heads(Assignment(labels=blank, n_classes=cfg.cluster.k), epoch)
             shard = self._extract(state, epoch)
             extracted = time.perf_counter()
-            # Seeds of epoch-start updates are those of the single-update engine, so older runs reproduce.
-            key = (epoch,) if state.step == 0 else (epoch, state.step)
-            assignment = self._assign(shard, seed=derive_seed(cfg.run.seed, "assign", *key))
+            assignment = self._assign(shard, seed=seed)
         assigned = time.perf_counter()
         state.prev_labels = state.labels
         state.labels = assignment.labels
@@ -80,6 +87,8 @@ class LabelPhase:
             self.resources.run_dir.write_epoch_labels(epoch, assignment.labels)
         if self.nets.heads is None or self.method.fresh_heads:
             self.nets.new_heads(assignment, epoch)
+        else:
+            self.method.update_heads(self.nets.heads, assignment)
         log.info("epoch %d step %d: labels assigned (%s)", epoch, state.step, format_stats(record))
 
     def _method(self) -> ExtractingMethod:

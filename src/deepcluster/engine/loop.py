@@ -28,7 +28,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from deepcluster.config import TrainConfig
-from deepcluster.engine.device import channels_last
 from deepcluster.engine.labels import format_stats
 from deepcluster.engine.session import Session
 from deepcluster.methods import METHODS
@@ -101,7 +100,7 @@ class Trainer(Session):
         started = time.perf_counter()
         bar = tqdm(
             total=self.steps_per_epoch, initial=state.step, desc=f"epoch {epoch} train", unit="batch",
-            disable=not self.progress, leave=False,
+            disable=None if self.progress else True, leave=False,
         )  # fmt: skip
         while state.step < self.steps_per_epoch:
             began = time.perf_counter()
@@ -115,15 +114,15 @@ class Trainer(Session):
             generator = self.generator("augment", epoch, step)
             x = self.train_view(images[batch.to(images.device)].to(device, non_blocking=True), generator)
             x, targets = self.method.prepare_batch(x, labels[batch].to(device, non_blocking=True), generator)
-            x = channels_last(x)
             nets.set_lr(self._lr_factor(epoch, step))
             with self.precision.autocast():
-                outputs = self.method.head_outputs(nets.train_heads, nets.train_backbone(x), targets)
+                outputs = self.method.forward(nets.train_backbone, nets.train_heads, x, targets)
             loss = self.method.loss(outputs, targets)
             value = procs.mean(float(loss.detach()))
             if not math.isfinite(value):
                 self.diverged(f"the training loss became {value}")
             nets.step(loss)
+            self.method.observe(batch, outputs)
             state.loss_sum += value
             state.loss_count += 1
             state.step += 1
@@ -157,15 +156,27 @@ class Trainer(Session):
         return True
 
     def _lr_factor(self, epoch: int, step: int) -> float:
+        """The learning rate's multiple at a step: linear warm-up over `optim.warmup_epochs`, then constant or
+        cosine (over the whole run)."""
         optim = self.config.optim
+        now = epoch * self.steps_per_epoch + step
+        warmup = optim.warmup_epochs * self.steps_per_epoch
+        if now < warmup:
+            return (now + 1) / (warmup + 1)
         if optim.schedule == "constant":
             return 1.0
         total = self.config.run.epochs * self.steps_per_epoch
-        progress = (epoch * self.steps_per_epoch + step) / max(1, total)
+        progress = now / max(1, total)
         return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     def _finish_epoch(self, epoch: int) -> None:
         state = self.state
+        if self.monitor is not None:
+            began = time.perf_counter()
+            state.record["knn_true"] = self.monitor.measure(
+                self.method, self.nets, self.precision, self.batch_size
+            )
+            state.record["seconds_knn"] = time.perf_counter() - began
         record = dict(state.record)
         record.setdefault("label_updates", 0)
         record["loss"] = state.loss_sum / max(1, state.loss_count)

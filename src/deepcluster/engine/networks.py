@@ -10,6 +10,7 @@ from torch import nn
 
 from deepcluster.config import ConfigError, TrainConfig
 from deepcluster.engine.distributed import Processes
+from deepcluster.engine.optimizers import make_optimizer
 from deepcluster.methods import Assignment, Method
 from deepcluster.models import build_backbone
 from deepcluster.seeding import derive_seed, torch_generator
@@ -26,7 +27,7 @@ def new_backbone(config: TrainConfig) -> nn.Module:
 
 def _sgd(parameters: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:
     optim = config.optim
-    return torch.optim.SGD(parameters, lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return make_optimizer(optim.optimizer, parameters, lr, optim.momentum, optim.weight_decay)
 
 
 class Networks:

@@ -15,10 +15,11 @@ from torch import nn
 
 from deepcluster.config import ConfigError, TrainConfig, dump_config
 from deepcluster.data.sources import open_source
-from deepcluster.data.views import ClusterView, TrainView
+from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision, images_on_device
 from deepcluster.engine.distributed import Processes
 from deepcluster.engine.labels import LabelPhase
+from deepcluster.engine.monitor import KnnMonitor
 from deepcluster.engine.networks import Networks, new_backbone
 from deepcluster.engine.resources import RunImages, RunResources
 from deepcluster.engine.setup import check_data_size, check_processes, resolve_config, run_device
@@ -132,11 +133,7 @@ class Session:
             atomic_write_text(self.run_dir.config, dump_config(cfg))
         self.nets = Networks(cfg, self.method, backbone, procs, device)
         self.cluster_view = ClusterView(cfg.data.input_size, cfg.data.mean, cfg.data.std)
-        aug = cfg.augment
-        self.train_view = TrainView(
-            cfg.data.input_size, cfg.data.mean, cfg.data.std, scale=aug.crop_scale, ratio=aug.crop_ratio,
-            flip=aug.flip, color_jitter=aug.color_jitter, grayscale_prob=aug.grayscale_prob,
-        )  # fmt: skip
+        self.train_view = self.method.train_view()
         epoch_size = cfg.optim.epoch_size or n_images
         self.batch_size = min(cfg.optim.batch_size, epoch_size)
         if self.batch_size % procs.world_size:
@@ -146,6 +143,12 @@ class Session:
             )
         self.steps_per_epoch = max(1, epoch_size // self.batch_size)
         self.schedule = self.method.label_update_steps(self.steps_per_epoch, cfg.run.epochs)
+        self.monitor = None
+        if procs.is_main and cfg.run.knn_monitor and self.data.true_labels is not None:
+            data, size = self.data, cfg.run.knn_monitor
+            self.monitor = KnnMonitor(
+                data.images, data.true_labels, size, self.seed("knn"), self.cluster_view
+            )
         self.labeller = LabelPhase(
             cfg, self.method, self.nets, self.resources, self.data, self.precision,
             (self.cluster_view, self.train_view), self.progress, self.diverged,
@@ -169,9 +172,8 @@ class Session:
             capture_rng_state()
         )  # every process's generators, for exact resume
         if self.procs.is_main:
-            state = checkpoint_state(
-                self.config.to_dict(), self.nets.state(), self.state, self.data.indices, rng
-            )
+            networks = {**self.nets.state(), "method": self.method.state_dict()}
+            state = checkpoint_state(self.config.to_dict(), networks, self.state, self.data.indices, rng)
             save_checkpoint(self.run_dir.checkpoint, state)
 
     def diverged(self, what: str) -> None:
@@ -191,6 +193,7 @@ class Session:
             raise ConfigError(f"--resume {self.run_dir.root}: the images readable now differ from the run's")
         self.state = loop_state(ckpt, self.schedule, self.steps_per_epoch)
         self.nets.load(ckpt, labels=self.state.labels, epoch=self.state.epoch)
+        self.method.load_state_dict(ckpt.get("method") or {})
         rng = rng_states(ckpt)
         if len(rng) == self.procs.world_size:
             restore_rng_state(rng[self.procs.rank])

@@ -60,6 +60,11 @@ def check_data_size(config: TrainConfig, method: Method, n_images: int) -> None:
 
 def check_processes(config: TrainConfig, method: Method) -> None:
     """Settings that only make sense under torchrun, or not with this method there."""
+    if launched_by_torchrun() and not method.runs_on_processes:
+        raise ConfigError(
+            f"--method {config.method} runs in one process only for now (its memory bank is not shared between "
+            "torchrun's processes); start it without torchrun"
+        )
     if not (launched_by_torchrun() and config.cluster.distributed_kmeans):
         return
     if not (isinstance(method, ExtractingMethod) and method.shards_assignment):

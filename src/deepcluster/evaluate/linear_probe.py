@@ -249,7 +249,8 @@ def linear_probe(
         )
         train_loss: dict[str, list[float]] = {tap: [] for tap in taps}
         n_batches = math.ceil(len(train_x) / config.batch_size)
-        bar = tqdm(total=config.epochs * n_batches, desc="linear probe", disable=not progress, leave=False)
+        quiet = None if progress else True  # None: bars on a terminal only
+        bar = tqdm(total=config.epochs * n_batches, desc="linear probe", disable=quiet, leave=False)
         for epoch in range(config.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(epoch)

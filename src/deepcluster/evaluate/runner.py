@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepcluster.cluster.knn import weighted_knn_accuracies
 from deepcluster.cluster.metrics import cluster_table, clustering_report
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import DataError, ImageSource, open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
-from deepcluster.evaluate.knn import weighted_knn_accuracies
 from deepcluster.evaluate.linear_probe import ProbeConfig, linear_probe
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.stability import epoch_stability

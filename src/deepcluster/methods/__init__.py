@@ -7,12 +7,14 @@ import torch
 from deepcluster.config import TrainConfig
 from deepcluster.methods.base import Assignment, ExtractingMethod, Method, ProcessGroup, primary_labels
 from deepcluster.methods.deepcluster import DeepCluster
+from deepcluster.methods.deepcluster_v2 import DeepClusterV2
 from deepcluster.methods.deepercluster import DeeperCluster
 from deepcluster.methods.registry import MethodRegistry
 from deepcluster.methods.sela import SeLa
+from deepcluster.methods.sela_v2 import SelaV2
 from deepcluster.methods.transfer import Transfer
 
-METHODS = MethodRegistry([DeepCluster, DeeperCluster, SeLa, Transfer])
+METHODS = MethodRegistry([DeepCluster, DeeperCluster, SeLa, Transfer, DeepClusterV2, SelaV2])
 """The registered methods; `--method NAME` picks one."""
 
 
@@ -25,12 +27,14 @@ __all__ = [
     "METHODS",
     "Assignment",
     "DeepCluster",
+    "DeepClusterV2",
     "DeeperCluster",
     "ExtractingMethod",
     "Method",
     "MethodRegistry",
     "ProcessGroup",
     "SeLa",
+    "SelaV2",
     "Transfer",
     "build_method",
     "primary_labels",

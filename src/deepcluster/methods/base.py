@@ -19,6 +19,15 @@ from torch import nn
 
 from deepcluster.config import TrainConfig
 from deepcluster.data.samplers import uniform_cluster_sample
+from deepcluster.data.views import TrainView
+from deepcluster.models import channels_last
+
+BLUR_MIN_SIZE = 96
+"""Crops smaller than this are never blurred (SwAV's rule: blur helps at ImageNet sizes, hurts small images)."""
+
+View = Callable[[torch.Tensor, torch.Generator], Any]
+"""A train view: uint8 images [B, 3, S, S] and a generator -> the network's input (a tensor, or a list of
+crops for multi-crop methods)."""
 
 
 @dataclass
@@ -48,6 +57,16 @@ def primary_labels(labels: np.ndarray) -> np.ndarray:
     return labels if labels.ndim == 1 else labels[:, 0]
 
 
+def augment_view(config: TrainConfig, size: int, scale: tuple[float, float]) -> TrainView:
+    """The `augment` section's train view, cropping `scale` of the image area to `size` pixels."""
+    aug, data = config.augment, config.data
+    blur = aug.blur_prob if size >= BLUR_MIN_SIZE else 0.0
+    return TrainView(
+        size, data.mean, data.std, scale=scale, ratio=aug.crop_ratio, flip=aug.flip, color_jitter=aug.color_jitter,
+        grayscale_prob=aug.grayscale_prob, jitter_prob=aug.jitter_prob, blur_prob=blur,
+    )  # fmt: skip
+
+
 class Method(ABC):
     """One method of the DeepCluster family.
 
@@ -57,6 +76,9 @@ class Method(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    """Settings this method starts from when it is chosen, over the core defaults and under the preset and the
+    user's own (e.g. {"optim": {"weight_decay": 1e-6}})."""
     """One line for the command line's help."""
     Config: ClassVar[type | None] = None
     """The method's own settings section (a dataclass of `option` fields), reachable as `config.<name>`; it may
@@ -67,6 +89,8 @@ class Method(ABC):
     """The number of classes is `cluster.k` (checked against the data size)."""
     recluster_every: ClassVar[int] = 1
     """Epochs between two label assignments when `cluster.recluster_every` is not set."""
+    runs_on_processes: ClassVar[bool] = True
+    """The method trains under torchrun (False: one process only, refused at start-up under torchrun)."""
     uses_every_head_parameter: ClassVar[bool] = True
     """Every head parameter gets a gradient at every step (False tells DistributedDataParallel to look for
     unused ones, e.g. DeeperCluster's sub-class heads of super-classes absent from a batch)."""
@@ -94,6 +118,15 @@ class Method(ABC):
         """Image indices of one epoch (default: uniform over the first head's clusters)."""
         return uniform_cluster_sample(primary_labels(labels), n_samples, seed=seed)
 
+    @classmethod
+    def section(cls) -> str:
+        """The name of the method's settings section: its name with `-` as `_` (`config.deepcluster_v2`)."""
+        return cls.name.replace("-", "_")
+
+    def train_view(self) -> View:
+        """How a training batch is augmented (default: one random resized crop per image, as `augment` says)."""
+        return augment_view(self.config, self.config.data.input_size, self.config.augment.crop_scale)
+
     def prepare_batch(
         self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,9 +134,35 @@ class Method(ABC):
         DeeperCluster rotates the images and pairs each rotation with the cluster). Draws only from `generator`."""
         return images, labels
 
+    def forward(self, backbone: nn.Module, heads: nn.Module, x: Any, targets: torch.Tensor) -> Any:
+        """What `loss` reads, from the train view's output (default: `head_outputs` of the backbone's
+        embedding)."""
+        return self.head_outputs(heads, backbone(channels_last(x)), targets)
+
     def head_outputs(self, heads: nn.Module, embedding: torch.Tensor, targets: torch.Tensor) -> Any:
         """What `loss` reads, from the backbone's embedding of a batch (default: `heads(embedding)`)."""
         return heads(embedding)
+
+    def observe(self, rows: torch.Tensor, outputs: Any) -> None:
+        """Called after every training step with the batch's image rows and `forward`'s outputs (e.g. to fill a
+        memory bank). Default: nothing."""
+        return None
+
+    def embedding(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+        """The representation the method offers for retrieval and k-NN (default: the backbone's embedding)."""
+        return backbone(images)
+
+    def update_heads(self, heads: nn.Module, assignment: Assignment) -> None:
+        """Adapt kept heads to new labels (e.g. prototypes set to the new centroids). Default: nothing."""
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the method keeps between steps (e.g. a memory bank), for the checkpoint. Default: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what `state_dict` returned."""
+        return None
 
     @abstractmethod
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
@@ -119,6 +178,8 @@ class ExtractingMethod(Method):
 
     extract_view: str = "cluster"
     """Which view the extraction sees: cluster (centre crop) or train (augmented)."""
+    extracts_through_heads: ClassVar[bool] = False
+    """`extract` needs the heads, which are then built before the first labels (from k alone)."""
     shards_assignment: ClassVar[bool] = False
     """`assign_sharded` exists: under torchrun, labels can be assigned from the processes' shards of the
     extracted values without gathering them (`cluster.distributed_kmeans`)."""
@@ -130,6 +191,11 @@ class ExtractingMethod(Method):
     @abstractmethod
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         """Pseudo-labels for all images from their extracted values."""
+
+    def assign_stored(self, seed: int, heads: nn.Module | None) -> Assignment | None:
+        """Labels from what the method stored during training (a memory bank) and its current `heads`, without
+        an extraction pass; None: extract. Default: None."""
+        return None
 
     def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
         """Labels of every image, identical on every process, from this process's rows of the extracted values.

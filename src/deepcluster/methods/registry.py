@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from deepcluster.config import ConfigError, TrainConfig, config_from_dict, load_config, preset_config
+from deepcluster.config import ConfigError, TrainConfig, apply_overrides, preset_config, read_yaml
 from deepcluster.methods.base import Method
 
 
@@ -36,8 +36,10 @@ class MethodRegistry:
             raise ValueError(
                 f"a method called {name!r} is registered already ({self._methods[name].__name__})"
             )
-        if method.Config is not None and name in TrainConfig().section_names():
-            raise ValueError(f"method {name!r}: its settings section would hide the core section {name!r}")
+        if method.Config is not None and method.section() in TrainConfig().section_names():
+            raise ValueError(
+                f"method {name!r}: its settings section would hide the core section {method.section()!r}"
+            )
         self._methods[name] = method
         return method
 
@@ -71,21 +73,25 @@ class MethodRegistry:
 
     @property
     def sections(self) -> dict[str, type]:
-        """Settings sections of the registered methods, by method name."""
-        return {name: method.Config for name, method in self._methods.items() if method.Config is not None}
+        """Settings sections of the registered methods, by section name (the method's, `-` as `_`)."""
+        return {m.section(): m.Config for m in self._methods.values() if m.Config is not None}
 
     # ------------------------------------------------------------ configurations with these methods' sections
-    def preset(self, name: str = "default") -> TrainConfig:
-        """A named preset with every registered method's section at its defaults."""
-        return preset_config(name, self.sections)
+    def preset(self, name: str = "default", method: str | None = None) -> TrainConfig:
+        """A named preset for `method` (default: TrainConfig's) with every registered method's section at its
+        defaults; the method's own starting settings (`Method.defaults`) apply under the preset's."""
+        chosen = method or TrainConfig.method
+        defaults = self[chosen].defaults if chosen in self._methods else {}
+        return preset_config(name, self.sections, method=chosen, method_defaults=defaults)
 
     def from_dict(self, raw: Mapping[str, Any], origin: str = "config") -> TrainConfig:
-        """A config from nested settings (see `deepcluster.config.config_from_dict`)."""
-        return config_from_dict(raw, origin=origin, sections=self.sections)
+        """A config from nested settings: the preset for its method (`preset`), then the rest."""
+        config = self.preset(raw.get("preset", "default"), raw.get("method"))
+        return apply_overrides(config, raw, origin=origin)
 
     def load(self, path: str | os.PathLike[str]) -> TrainConfig:
         """A YAML settings file (a run's config.yaml reproduces the run)."""
-        return load_config(path, sections=self.sections)
+        return self.from_dict(read_yaml(path), origin=f"--config {path}")
 
     def complete(self, config: TrainConfig) -> TrainConfig:
         """`config` with a default section for every registered method it lacks (e.g. made before one was

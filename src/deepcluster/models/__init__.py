@@ -1,11 +1,17 @@
 """Backbones (AlexNet-BN, VGG-16-BN, ResNet), the fixed Sobel layer, heads and the architecture registry."""
 
 from deepcluster.models.alexnet import AlexNetBN, alexnet_bn, alexnet_bn_small
-from deepcluster.models.backbone import Backbone, ConvFCBackbone
-from deepcluster.models.heads import ClassifierHead, HierarchicalHead, MultiHead, linear_head
+from deepcluster.models.backbone import Backbone, ConvFCBackbone, channels_last
+from deepcluster.models.heads import ClassifierHead, HierarchicalHead, MultiHead, PrototypeHead, linear_head
 from deepcluster.models.init import init_deepcluster_weights
-from deepcluster.models.registry import ARCHITECTURES, FAMILIES, build_backbone, default_arch_for
-from deepcluster.models.resnet import ResNetBackbone, resnet18, resnet50
+from deepcluster.models.registry import (
+    ARCHITECTURES,
+    FAMILIES,
+    build_backbone,
+    default_arch_for,
+    takes_any_input_size,
+)
+from deepcluster.models.resnet import ResNetBackbone, resnet18, resnet18_small, resnet50
 from deepcluster.models.sobel import Sobel
 from deepcluster.models.vgg import VGG16BN, vgg16_bn, vgg16_bn_small
 
@@ -13,6 +19,7 @@ __all__ = [
     "ARCHITECTURES",
     "FAMILIES",
     "MultiHead",
+    "PrototypeHead",
     "AlexNetBN",
     "Backbone",
     "ClassifierHead",
@@ -24,10 +31,13 @@ __all__ = [
     "alexnet_bn",
     "alexnet_bn_small",
     "build_backbone",
+    "channels_last",
     "default_arch_for",
     "init_deepcluster_weights",
     "linear_head",
+    "takes_any_input_size",
     "resnet18",
+    "resnet18_small",
     "resnet50",
     "vgg16_bn",
     "vgg16_bn_small",

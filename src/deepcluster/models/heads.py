@@ -125,3 +125,69 @@ class HierarchicalHead(nn.Module):
         ]
         sub_logits = torch.cat(pieces)[torch.argsort(order)]
         return super_logits, sub_logits
+
+
+class PrototypeHead(nn.Module):
+    """The v2 methods' top (SwAV paper): a projection MLP to an L2-normalised embedding z, and `n_sets` sets of
+    `k` unit-norm prototypes scoring it by cosine similarity.
+
+    Projection: Linear(in_dim, hidden), BatchNorm1d, ReLU, Linear(hidden, out_dim) (hidden 0: one Linear).
+    Prototypes ``[n_sets, k, out_dim]`` are a parameter; `trainable=False` freezes them (DeepCluster-v2 sets
+    them to the centroids of a spherical k-means and never trains them). The linear layers are initialised
+    like torch's default but drawing from `generator` only. ``forward`` returns (z [B, out_dim], scores
+    [B, n_sets, k]).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        k: int,
+        n_sets: int,
+        hidden: int = 2048,
+        out_dim: int = 128,
+        trainable: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("in_dim", in_dim), ("k", k), ("n_sets", n_sets), ("out_dim", out_dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"PrototypeHead: {name} must be a positive integer, got {value!r}")
+        layers: list[nn.Module] = []
+        if hidden:
+            layers += [
+                _seeded_linear(in_dim, hidden, generator),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(inplace=True),
+            ]
+        layers.append(_seeded_linear(hidden or in_dim, out_dim, generator))
+        self.projection = nn.Sequential(*layers)
+        start = torch.randn(n_sets, k, out_dim, generator=generator)
+        self.prototypes = nn.Parameter(nn.functional.normalize(start, dim=-1), requires_grad=trainable)
+
+    @property
+    def n_sets(self) -> int:
+        return int(self.prototypes.shape[0])
+
+    def project(self, embedding: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised projection z of the backbone's embedding, [B, out_dim]."""
+        return nn.functional.normalize(self.projection(embedding), dim=1)
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.project(embedding)
+        prototypes = nn.functional.normalize(self.prototypes, dim=-1).to(z.dtype)
+        return z, torch.einsum("bd,skd->bsk", z, prototypes)
+
+    @torch.no_grad()
+    def set_prototypes(self, prototypes: torch.Tensor) -> None:
+        """Replace the prototypes ([n_sets, k, out_dim]; normalised here)."""
+        self.prototypes.copy_(nn.functional.normalize(prototypes.to(self.prototypes), dim=-1))
+
+
+def _seeded_linear(in_dim: int, out_dim: int, generator: torch.Generator | None) -> nn.Linear:
+    """Linear with torch's default (Kaiming-uniform) init drawn from `generator` alone."""
+    layer = nn.utils.skip_init(nn.Linear, in_dim, out_dim)
+    bound = 1.0 / in_dim**0.5
+    with torch.no_grad():
+        layer.weight.uniform_(-bound, bound, generator=generator)
+        layer.bias.uniform_(-bound, bound, generator=generator)
+    return layer

@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from deepcluster.models.alexnet import FULL_MIN_SIZE, SMALL_MAX_SIZE, alexnet_bn, alexnet_bn_small
 from deepcluster.models.backbone import Backbone
-from deepcluster.models.resnet import resnet18, resnet50
+from deepcluster.models.resnet import resnet18, resnet18_small, resnet50
 from deepcluster.models.vgg import vgg16_bn, vgg16_bn_small
 
 ARCHITECTURES: Mapping[str, Callable[..., Backbone]] = MappingProxyType(
@@ -17,6 +17,7 @@ ARCHITECTURES: Mapping[str, Callable[..., Backbone]] = MappingProxyType(
         "vgg16": vgg16_bn,
         "vgg16_small": vgg16_bn_small,
         "resnet18": resnet18,
+        "resnet18_small": resnet18_small,
         "resnet50": resnet50,
     }
 )
@@ -35,6 +36,12 @@ def build_backbone(arch: str, sobel: bool = True, input_size: int = 224) -> Back
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](sobel=sobel, input_size=input_size)
+
+
+def takes_any_input_size(arch: str) -> bool:
+    """True when the architecture pools globally before its output (ResNets), so that one network takes crops
+    of several sizes; AlexNet and VGG have FC layers sized for one input."""
+    return not arch.startswith(_SIZED_FAMILIES)
 
 
 def default_arch_for(input_size: int, family: str = "alexnet") -> str:

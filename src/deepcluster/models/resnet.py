@@ -70,6 +70,16 @@ def resnet18(sobel: bool = True, input_size: int = 224) -> ResNetBackbone:
     return ResNetBackbone(depth=18, sobel=sobel, input_size=input_size)
 
 
+def resnet18_small(sobel: bool = True, input_size: int = 32) -> ResNetBackbone:
+    """The CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool) for 16-96 px inputs; it takes crops of any
+    size in that range (global pooling), e.g. multi-crop's small ones."""
+    check_input_size("resnet18_small", input_size, MIN_SIZE, SMALL_STEM_MAX_SIZE,
+                     above_hint="; use arch 'resnet18' for larger inputs")  # fmt: skip
+    backbone = ResNetBackbone(depth=18, sobel=sobel, input_size=input_size)
+    backbone.arch = "resnet18_small"
+    return backbone
+
+
 def resnet50(sobel: bool = True, input_size: int = 224) -> ResNetBackbone:
     """ResNet-50 backbone (2048-d output); CIFAR stem for inputs <= 96 px."""
     return ResNetBackbone(depth=50, sobel=sobel, input_size=input_size)

@@ -1,0 +1,197 @@
+"""What DeepCluster-v2 and SeLa-v2 share (Caron et al., NeurIPS 2020, the SwAV paper's appendix): a projection
+head with sets of prototypes, multi-crop, a memory bank filled by the training pass, and the loss.
+
+Each training step sees `n_large` large crops and `n_small` small crops of every image; the network maps each
+crop to an L2-normalised projection z and scores it against every set of prototypes by cosine similarity. The
+loss is the cross-entropy of score / T against the image's label in each set, averaged over sets and crops.
+The detached z of the large crops go into a bank ([n_large, N, d]); a label update clusters the bank (set i
+the bank of large crop i mod n_large), so after the first labels, which need a pass over the data, an epoch
+costs the training pass alone. How a set's labels come from its bank is the method's (`assign_bank`).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepcluster.config import TrainConfig, option
+from deepcluster.config.options import number, one_of, ordered_pair, positive, whole
+from deepcluster.data.samplers import shuffled_sample
+from deepcluster.data.views import MultiCropView
+from deepcluster.methods.base import Assignment, ExtractingMethod, augment_view
+from deepcluster.models import PrototypeHead, channels_last, takes_any_input_size
+
+LABEL_SOURCES = ("bank", "pass")
+
+
+@dataclass
+class V2Config:
+    """Settings shared by the v2 methods."""
+
+    n_sets: int = option(3, "sets of prototypes, each with its own labels (k each)", check=positive)
+    temperature: float = option(0.1, "softmax temperature T of the cosine scores", check=number(0))
+    hidden: int = option(
+        2048, "width of the projection head's hidden layer (0: one linear layer)", check=whole(0)
+    )
+    out_dim: int = option(128, "size of the L2-normalised projection", check=positive)
+    n_large: int = option(2, "large crops per image (random resized crops at the input size)", check=positive)
+    n_small: int = option(4, "small crops per image", check=whole(0))
+    small_size: int | None = option(
+        None,
+        "side of the small crops (default: half the input size; the input size with AlexNet or VGG, whose FC "
+        "layers take one size)",
+        check=whole(8, optional=True),
+    )
+    large_scale: tuple[float, float] = option(
+        (0.14, 1.0), "area range of the large crops", check=ordered_pair(1.0)
+    )
+    small_scale: tuple[float, float] = option(
+        (0.05, 0.14), "area range of the small crops", check=ordered_pair(1.0)
+    )
+    labels_from: str = option(
+        "bank",
+        "where label updates read the images' projections: bank (filled by the training pass) or pass (a "
+        "cluster-view pass over the data before each update)",
+        check=one_of(*LABEL_SOURCES),
+    )
+
+
+class V2Method(ExtractingMethod):
+    """The shared network, crops, bank, loss and checkpoint state of the v2 methods."""
+
+    fresh_heads = False
+    extracts_through_heads = True
+    runs_on_processes = False  # the bank is not yet shared between torchrun's processes
+    trainable_prototypes: bool = False
+    """Train the prototypes (SeLa-v2), or set them to the centroids and never train them (DeepCluster-v2)."""
+    defaults = {
+        "model": {"sobel": False},
+        "optim": {"weight_decay": 1e-6},
+        "augment": {"color_jitter": 0.8, "jitter_prob": 0.8, "grayscale_prob": 0.2, "blur_prob": 0.5},
+    }
+
+    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
+        super().__init__(config, device)
+        self.bank: torch.Tensor | None = None
+        """[n_large, N, out_dim] float32: the last projection of each large crop of every image."""
+        self.heads: PrototypeHead | None = None
+        """The heads of the last label update (SeLa-v2 scores the bank against their prototypes)."""
+
+    @property
+    def v2(self) -> V2Config:
+        return self.config.section(self.section())
+
+    # ------------------------------------------------------------ crops, network, loss
+    def train_view(self) -> MultiCropView:
+        cfg, v2 = self.config, self.v2
+        size = int(cfg.data.input_size)
+        small = v2.small_size or max(8, size // 2)
+        if not takes_any_input_size(str(cfg.model.arch)):
+            small = size
+        large_view = augment_view(cfg, size, v2.large_scale)
+        small_view = augment_view(cfg, small, v2.small_scale) if v2.n_small else None
+        return MultiCropView(large_view, small_view, n_large=v2.n_large, n_small=v2.n_small)
+
+    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
+        v2 = self.v2
+        return PrototypeHead(
+            feature_dim, assignment.n_classes, v2.n_sets, hidden=v2.hidden, out_dim=v2.out_dim,
+            trainable=self.trainable_prototypes, generator=generator,
+        )  # fmt: skip
+
+    def forward(
+        self, backbone: nn.Module, heads: nn.Module, crops: list[torch.Tensor], targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z of the large crops [n_large, B, d], scores of every crop [n_crops, B, n_sets, k]); crops of one
+        size go through the network as one batch."""
+        batch = crops[0].shape[0]
+        z_parts, score_parts = [], []
+        start = 0
+        while start < len(crops):
+            stop = start
+            while stop < len(crops) and crops[stop].shape[-1] == crops[start].shape[-1]:
+                stop += 1
+            z, scores = heads(backbone(channels_last(torch.cat(crops[start:stop]))))
+            z_parts.append(z)
+            score_parts.append(scores)
+            start = stop
+        z = torch.cat(z_parts).unflatten(0, (len(crops), batch))
+        scores = torch.cat(score_parts).unflatten(0, (len(crops), batch))
+        return z[: self.v2.n_large], scores
+
+    def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """Mean over crops and sets of the cross-entropy of score / T against the image's label in the set."""
+        return v2_loss(outputs[1], targets, self.v2.temperature)
+
+    def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        return shuffled_sample(labels.shape[0], n_samples, seed=seed)
+
+    # ------------------------------------------------------------ bank
+    def observe(self, rows: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Write the detached projections of the step's large crops into the bank rows of its images."""
+        if self.bank is not None:
+            self.bank[:, rows.cpu()] = outputs[0].detach().float().cpu()
+
+    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+        """The projection z of the cluster view (the first labels, and labels_from=pass)."""
+        if not isinstance(heads, PrototypeHead):
+            raise RuntimeError(f"{self.name} extracts through its projection head, which must exist first")
+        self.heads = heads
+        return heads.project(backbone(images)).float()
+
+    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+        """Labels from extracted projections: the bank is (re)filled with them, then clustered."""
+        bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.bank = bank.unsqueeze(0).repeat(self.v2.n_large, 1, 1)
+        return self._assign_sets(seed)
+
+    def assign_stored(self, seed: int, heads: nn.Module | None) -> Assignment | None:
+        if self.bank is None or self.v2.labels_from == "pass" or not isinstance(heads, PrototypeHead):
+            return None
+        self.heads = heads
+        return self._assign_sets(seed)
+
+    def _assign_sets(self, seed: int) -> Assignment:
+        assert self.bank is not None
+        n_large, k = self.bank.shape[0], self.config.cluster.k
+        results = [self.assign_bank(self.bank[s % n_large].numpy(), s, seed) for s in range(self.v2.n_sets)]
+        labels = np.stack([labels for labels, _, _ in results], axis=1)
+        sizes = np.stack([np.bincount(labels[:, s], minlength=k) for s in range(labels.shape[1])])
+        stats: dict[str, Any] = {"n_empty": int(sum(r[2].get("n_empty", 0) for r in results))}
+        stats["n_empty_sets"] = [int(r[2].get("n_empty", 0)) for r in results]
+        stats.update(smallest=int(sizes.min()), largest=int(sizes.max()))
+        for key in results[0][2]:
+            if key != "n_empty":
+                stats[key] = float(np.mean([r[2][key] for r in results]))
+        centroids = np.stack([c for _, c, _ in results])
+        return Assignment(labels=labels, n_classes=k, stats=stats, state={"centroids": centroids})
+
+    @abstractmethod
+    def assign_bank(self, bank: np.ndarray, index: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Set `index`'s labels [N], prototypes [k, d] and statistics from the bank's projections [N, d]."""
+
+    def update_heads(self, heads: nn.Module, assignment: Assignment) -> None:
+        """The prototypes become the sets' centroids."""
+        if isinstance(heads, PrototypeHead) and "centroids" in assignment.state:
+            heads.set_prototypes(torch.from_numpy(assignment.state["centroids"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bank": self.bank}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bank = state.get("bank")
+
+
+def v2_loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """scores [n_crops, B, n_sets, k] cosine similarities, targets [B, n_sets] -> the mean cross-entropy."""
+    n_crops, batch, n_sets, k = scores.shape
+    if targets.shape != (batch, n_sets):
+        raise ValueError(f"v2_loss: targets {tuple(targets.shape)} do not match scores {tuple(scores.shape)}")
+    logits = scores.float().div(temperature).reshape(-1, k)
+    expanded = targets.long().unsqueeze(0).expand(n_crops, batch, n_sets).reshape(-1)
+    return nn.functional.cross_entropy(logits, expanded)

@@ -1,0 +1,221 @@
+"""DeepCluster-v2 and SeLa-v2: spherical k-means, multi-crop, prototypes, the memory bank, the loss, whole runs
+and exact resume, on small real computations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepcluster import preset_config
+from deepcluster.cli import main
+from deepcluster.cluster.spherical import spherical_kmeans, torch_spherical_kmeans
+from deepcluster.config import apply_overrides
+from deepcluster.data.views import MultiCropView, TrainView
+from deepcluster.engine.trainer import Trainer, resume
+from deepcluster.methods import METHODS
+from deepcluster.methods.v2 import v2_loss
+from deepcluster.models import PrototypeHead, build_backbone
+from deepcluster.storage import load_checkpoint
+from synthetic import write_pattern_npz
+
+V2_METHODS = ("deepcluster-v2", "sela-v2")
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pattern_npz(tmp_path_factory.mktemp("v2-data") / "patterns.npz")
+
+
+def v2_config(method: str, data: Path, out: Path, **sections: dict):
+    """Seconds per run: 16 px AlexNet, k=8, 2 sets, 2 large + 2 small crops, batch 32, 2 epochs."""
+    overrides = {
+        "data": {"data": str(data)},
+        "model": {"arch": "alexnet_small"},
+        "cluster": {"k": 8},
+        "optim": {"batch_size": 32, "lr": 0.05},
+        "run": {
+            "epochs": 2,
+            "out": str(out),
+            "progress": False,
+            "checkpoint_every": 2,
+            "seed": 3,
+            "report": False,
+        },
+        method.replace("-", "_"): {"n_sets": 2, "n_small": 2, "hidden": 64, "out_dim": 16},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return apply_overrides(preset_config("default", method=method), overrides)
+
+
+# ---------------------------------------------------------------- spherical k-means
+def test_spherical_kmeans_finds_directions_not_lengths() -> None:
+    rng = np.random.default_rng(0)
+    directions = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    truth = np.repeat(np.arange(3), 40)
+    lengths = rng.uniform(0.1, 10.0, size=(120, 1))  # lengths vary 100x: L2 k-means would split by length
+    x = (directions[truth] + rng.normal(0, 0.05, size=(120, 3))) * lengths
+    for result in (
+        spherical_kmeans(x, 3, n_iter=10, seed=1),
+        torch_spherical_kmeans(x, 3, n_iter=10, seed=1),
+    ):
+        assert result.n_empty == 0
+        np.testing.assert_allclose(np.linalg.norm(result.centroids, axis=1), 1.0, rtol=1e-5)
+        matched = {int(np.argmax(np.abs(result.centroids @ d))) for d in directions}
+        assert len(matched) == 3
+        for cluster in range(3):  # each cluster is one direction
+            assert len(set(truth[result.labels == cluster])) == 1
+        cos = np.einsum(
+            "nd,nd->n", x / np.linalg.norm(x, axis=1, keepdims=True), result.centroids[result.labels]
+        )
+        assert result.loss == pytest.approx(float(np.sum(2 - 2 * cos)), rel=1e-4)
+
+
+def test_faiss_and_torch_spherical_kmeans_agree() -> None:
+    x = np.random.default_rng(1).normal(size=(300, 8)).astype(np.float32)
+    a, b = spherical_kmeans(x, 5, n_iter=15, seed=4), torch_spherical_kmeans(x, 5, n_iter=15, seed=4)
+    from deepcluster.cluster.metrics import nmi
+
+    assert nmi(a.labels, b.labels) > 0.9
+    assert abs(a.loss - b.loss) / a.loss < 0.02
+
+
+def test_every_prototype_keeps_an_image() -> None:
+    x = np.repeat(
+        np.eye(4, dtype=np.float32), [50, 1, 1, 1], axis=0
+    )  # one dense direction, three lone points
+    result = spherical_kmeans(x, 6, n_iter=5, seed=0)
+    assert np.bincount(result.labels, minlength=6).min() >= 1
+
+
+# ---------------------------------------------------------------- crops, heads, loss
+def test_multi_crop_gives_large_then_small_crops_of_their_scales() -> None:
+    images = torch.full((64, 3, 32, 32), 128, dtype=torch.uint8)
+    images[:, :, :16] = 0  # top half dark: a crop's mean tells how much of the top it covers
+    large = TrainView(32, (0, 0, 0), (1, 1, 1), scale=(0.14, 1.0), flip=False)
+    small = TrainView(16, (0, 0, 0), (1, 1, 1), scale=(0.05, 0.14), flip=False)
+    crops = MultiCropView(large, small, n_large=2, n_small=3)(images, torch.Generator().manual_seed(0))
+    assert [tuple(c.shape) for c in crops] == [(64, 3, 32, 32)] * 2 + [(64, 3, 16, 16)] * 3
+    assert not torch.equal(crops[0], crops[1])  # independent draws
+    from deepcluster.data.views import sample_crop_boxes
+
+    boxes = sample_crop_boxes(2000, 32, 32, (0.05, 0.14), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (32 * 32)
+    assert float(area.min()) > 0.04 and float(area.max()) < 0.16 and 0.07 < float(area.mean()) < 0.12
+
+
+def test_prototypes_get_no_gradient_and_equal_the_normalised_centroids() -> None:
+    head = PrototypeHead(12, k=5, n_sets=2, hidden=8, out_dim=4, generator=torch.Generator().manual_seed(0))
+    centroids = torch.randn(2, 5, 4)
+    head.set_prototypes(centroids)
+    torch.testing.assert_close(head.prototypes.data, torch.nn.functional.normalize(centroids, dim=-1))
+    z, scores = head(torch.randn(6, 12))
+    assert z.shape == (6, 4) and scores.shape == (6, 2, 5)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(6))
+    scores.sum().backward()
+    assert head.prototypes.grad is None and not head.prototypes.requires_grad
+    assert head.projection[0].weight.grad is not None
+
+
+def test_the_loss_on_a_hand_computed_example() -> None:
+    scores = torch.tensor([[[[0.9, 0.1]]], [[[0.2, 0.4]]]])  # 2 crops, 1 image, 1 set, k = 2
+    targets = torch.tensor([[0]])
+    by_hand = np.mean(
+        [-np.log(np.exp(9) / (np.exp(9) + np.exp(1))), -np.log(np.exp(2) / (np.exp(2) + np.exp(4)))]
+    )
+    assert float(v2_loss(scores, targets, 0.1)) == pytest.approx(by_hand, rel=1e-6)
+    with pytest.raises(ValueError, match="do not match"):
+        v2_loss(scores, torch.tensor([[0, 1]]), 0.1)
+
+
+def test_crops_of_two_sizes_pass_a_resnet_in_one_step() -> None:
+    config = v2_config("deepcluster-v2", Path("unused"), Path("unused"), model={"arch": "resnet18_small"})
+    config.data.input_size = 16
+    method = METHODS.build(config)
+    view = method.train_view()
+    assert view.large.input_size == 16 and view.small.input_size == 8
+    backbone = build_backbone("resnet18_small", sobel=False, input_size=16)
+    heads = PrototypeHead(backbone.feature_dim, 8, 2, hidden=16, out_dim=4, generator=torch.Generator())
+    crops = view(torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8), torch.Generator().manual_seed(0))
+    z, scores = method.forward(backbone, heads, crops, torch.zeros(3, 2, dtype=torch.long))
+    assert z.shape == (2, 3, 4) and scores.shape == (4, 3, 2, 8)
+
+
+# ---------------------------------------------------------------- whole runs
+@pytest.fixture(scope="module", params=V2_METHODS)
+def v2_run(request: pytest.FixtureRequest, npz_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    seen: list[tuple[np.ndarray, torch.Tensor]] = []
+
+    def watch(trainer: Trainer) -> None:  # after each step: the rows trained on and the bank
+        seen.append(trainer.method.bank.clone())
+
+    trainer = Trainer(v2_config(request.param, npz_data, out), on_step=watch)
+    result = trainer.fit()
+    return request.param, out, result, trainer, seen
+
+
+def test_a_v2_run_writes_every_set_s_labels(v2_run) -> None:
+    method, out, result, _, _ = v2_run
+    assert result.labels.shape == (160, 2)
+    header = (out / "labels.csv").read_text().splitlines()[0].split(",")
+    assert header[2:4] == ["cluster", "cluster_h1"]
+    assert [r["epoch"] for r in result.history] == [0, 1]
+    assert all(np.isfinite(r["loss"]) and r["label_updates"] == 1 for r in result.history)
+    assert result.history[1]["seconds_extract"] == 0  # the second labels come from the bank: no pass
+    assert 0 <= result.history[-1]["knn_true"] <= 1
+
+
+def test_the_bank_holds_the_projections_of_the_images_trained_on(v2_run) -> None:
+    method_name, out, result, trainer, seen = v2_run
+    method = trainer.method
+    sample = method.sample(
+        np.zeros((160, 2)), trainer.steps_per_epoch * trainer.batch_size, trainer.seed("sampler", 1)
+    )
+    step_rows = sample[: trainer.batch_size]  # the first step of the last epoch
+    before, after = seen[trainer.steps_per_epoch - 1], seen[trainer.steps_per_epoch]
+    changed = torch.nonzero((before != after).any(dim=2).any(dim=0)).flatten().numpy()
+    assert sorted(changed) == sorted(step_rows)  # exactly the step's images were written
+    torch.testing.assert_close(after[:, changed].norm(dim=2), torch.ones(2, len(changed)))
+    if method_name == "deepcluster-v2":
+        centroids = load_checkpoint(out / "checkpoints" / "last.pt")["heads"]["prototypes"]
+        torch.testing.assert_close(centroids.norm(dim=2), torch.ones(2, 8))
+
+
+def test_resume_after_a_kill_mid_epoch_reaches_the_same_run(npz_data: Path, v2_run, tmp_path: Path) -> None:
+    method, unbroken, *_ = v2_run
+    out = tmp_path / "run"
+
+    class Interrupt(Exception):
+        pass
+
+    def kill(trainer: Trainer) -> None:
+        if (trainer.state.epoch, trainer.state.step) == (1, 3):  # one step after the last checkpoint
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        Trainer(v2_config(method, npz_data, out), on_step=kill).fit()
+    resume(out)
+    a, b = (
+        load_checkpoint(unbroken / "checkpoints" / "last.pt"),
+        load_checkpoint(out / "checkpoints" / "last.pt"),
+    )
+    for part in ("model", "heads"):
+        assert all(torch.equal(a[part][key], b[part][key]) for key in a[part]), part
+    assert torch.equal(a["method"]["bank"], b["method"]["bank"])
+    assert (unbroken / "labels.csv").read_text() == (out / "labels.csv").read_text()
+
+
+def test_v2_methods_from_the_command_line(
+    npz_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["train", "--method", "sela-v2", "--data", str(npz_data), "--out", str(tmp_path / "run"), "--k", "8",
+            "--epochs", "1", "--batch-size", "32", "--arch", "alexnet_small", "--set", "sela_v2.n_small=0",
+            "--set", "run.report=false", "--no-progress", "-q"]  # fmt: skip
+    assert main(argv) == 0 and "nmi_true=" in capsys.readouterr().out
+    bad = ["train", "--method", "deepcluster-v2", "--data", str(npz_data), "--set", "deepcluster_v2.n_sets=0",
+           "--out", str(tmp_path / "bad"), "--no-progress"]  # fmt: skip
+    assert main(bad) == 2 and "deepcluster_v2.n_sets=0" in capsys.readouterr().err
