@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -90,6 +91,20 @@ def measure(backbone, config, images, true_labels, precision, own_labels=None) -
     return scores
 
 
+def train_and_decode(config):
+    """Train `config`; returns (result, training seconds, the resolved config, its decoded images, their true
+    labels, the run's precision)."""
+    started = time.perf_counter()
+    result = train(config)
+    seconds = time.perf_counter() - started
+    resolved = load_config(Path(result.run_dir) / "config.yaml")
+    source = open_source(resolved.data.data, root=resolved.data.data_root, split=resolved.data.split)
+    decoded = decode_images(source, resolved.data.resize, progress=False, inner_size=resolved.data.input_size)
+    truth = np.asarray(source.labels)[decoded.indices]
+    precision = Precision(torch.device(resolved.run.device), resolved.run.precision)
+    return result, seconds, resolved, decoded.images, truth, precision
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,27 +133,21 @@ def main() -> None:
     overrides["run"]["out"] = str(Path(out) / "run") if not args.out else out
     config = apply_overrides(config, overrides, origin="benchmark")
 
-    started = time.perf_counter()
-    result = train(config)
-    seconds = time.perf_counter() - started
-    resolved = load_config(Path(result.run_dir) / "config.yaml")
-    source = open_source(resolved.data.data, root=resolved.data.data_root, split=resolved.data.split)
-    decoded = decode_images(source, resolved.data.resize, progress=False, inner_size=resolved.data.input_size)
-    true_labels = np.asarray(source.labels)[decoded.indices]
-    precision = Precision(torch.device(resolved.run.device), resolved.run.precision)
+    result, seconds, resolved, images, true_labels, precision = train_and_decode(config)
     own = RunDir(result.run_dir).read_labels().labels[:, 0]
 
     seed_everything(config.run.seed)
     model = resolved.model
     random_net = build_backbone(model.arch, sobel=model.sobel, input_size=resolved.data.input_size)
     random_net = random_net.to(precision.device).to(memory_format=torch.channels_last)
-    before = measure(random_net, resolved, decoded.images, true_labels, precision)
-    after = measure(result.backbone, resolved, decoded.images, true_labels, precision, own_labels=own)
+    before = measure(random_net, resolved, images, true_labels, precision)
+    after = measure(result.backbone, resolved, images, true_labels, precision, own_labels=own)
 
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
     print(f"\nmachine: {machine_description(precision.name)}")
     print(
         f"method {resolved.method}, preset {config.preset}, arch {model.arch}, {len(result.history)} of "
-        f"{resolved.run.epochs} epochs, k={resolved.cluster.k}, training {seconds:.0f} s"
+        f"{resolved.run.epochs} epochs, k={resolved.cluster.k}, training {seconds:.0f} s, peak RSS {peak_gb:.2f} GB"
     )
     print(f"{'measure':<20} {'random init':>12} {'trained':>10} {'margin':>9}")
     for key in after:
@@ -148,6 +157,7 @@ def main() -> None:
     if args.json:
         record = {"random": before, "trained": after, "seconds": seconds, "config": resolved.to_dict()}
         record["history"] = result.history
+        record["peak_rss_gb"] = peak_gb
         record["machine"] = machine_description(precision.name)
         Path(args.json).write_text(json.dumps(record, indent=2))
 

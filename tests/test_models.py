@@ -132,7 +132,8 @@ def test_output_shape_and_interface(
 
 def test_registry_keys_and_flat_sizes(models: ModelGetter) -> None:
     assert set(ARCHITECTURES) == {
-        "alexnet", "alexnet_small", "vgg16", "vgg16_small", "resnet18", "resnet18_small", "resnet50"
+        "alexnet", "alexnet_small", "alexnet_small_gap", "vgg16", "vgg16_small", "resnet18", "resnet18_small",
+        "resnet50",
     }  # fmt: skip
     assert models("alexnet", 224).flat_dim == 256 * 6 * 6
     assert models("alexnet_small", 32).flat_dim == 256 * 2 * 2

@@ -173,7 +173,9 @@ class ClusterConfig:
 class OptimConfig:
     """SGD for the body and for the top layer."""
 
-    optimizer: str = option("sgd", "sgd, or lars (layer-wise adaptive rates, as SwAV)", check=one_of(*OPTIMIZERS))
+    optimizer: str = option(
+        "sgd", "sgd, or lars (layer-wise adaptive rates, as SwAV)", check=one_of(*OPTIMIZERS)
+    )
     lr: float = option(0.05, "learning rate", flag="--lr", check=number(0))
     momentum: float = option(0.9, "SGD momentum", check=number(0, above=False, high=1))
     weight_decay: float = option(1e-5, "SGD weight decay", check=number(0, above=False))

@@ -20,7 +20,12 @@ class LARS(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params: Iterable[nn.Parameter], lr: float, momentum: float, weight_decay: float, eta: float = LARS_ETA
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        eta: float = LARS_ETA,
     ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "eta": eta})
 

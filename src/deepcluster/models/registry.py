@@ -5,7 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from deepcluster.models.alexnet import FULL_MIN_SIZE, SMALL_MAX_SIZE, alexnet_bn, alexnet_bn_small
+from deepcluster.models.alexnet import (
+    FULL_MIN_SIZE,
+    SMALL_MAX_SIZE,
+    alexnet_bn,
+    alexnet_bn_small,
+    alexnet_small_gap,
+)
 from deepcluster.models.backbone import Backbone
 from deepcluster.models.resnet import resnet18, resnet18_small, resnet50
 from deepcluster.models.vgg import vgg16_bn, vgg16_bn_small
@@ -14,6 +20,7 @@ ARCHITECTURES: Mapping[str, Callable[..., Backbone]] = MappingProxyType(
     {
         "alexnet": alexnet_bn,
         "alexnet_small": alexnet_bn_small,
+        "alexnet_small_gap": alexnet_small_gap,
         "vgg16": vgg16_bn,
         "vgg16_small": vgg16_bn_small,
         "resnet18": resnet18,
@@ -41,7 +48,7 @@ def build_backbone(arch: str, sobel: bool = True, input_size: int = 224) -> Back
 def takes_any_input_size(arch: str) -> bool:
     """True when the architecture pools globally before its output (ResNets), so that one network takes crops
     of several sizes; AlexNet and VGG have FC layers sized for one input."""
-    return not arch.startswith(_SIZED_FAMILIES)
+    return arch.endswith("_gap") or not arch.startswith(_SIZED_FAMILIES)
 
 
 def default_arch_for(input_size: int, family: str = "alexnet") -> str:

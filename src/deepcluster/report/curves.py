@@ -253,11 +253,16 @@ def plot_curves(
         )
         save(_line_figure(title, "NMI", [previous], ylim=(0.0, 1.02)), "nmi_prev.png", title, caption)
 
-    truth = [series(history, "nmi_true", "NMI"), series(history, "ari_true", "ARI")]
+    truth = [
+        series(history, "nmi_true", "NMI"),
+        series(history, "ari_true", "ARI"),
+        series(history, "knn_true", "k-NN accuracy"),
+    ]
     if _has_points(*truth):
         title = "Agreement with the true labels"
         caption = (
-            "NMI and adjusted Rand index of the cluster labels (first head) against the true classes "
+            "NMI and adjusted Rand index of the cluster labels (first head) against the true classes, and the "
+            "weighted k-NN accuracy (k 20, leave-one-out) of the embedding on a fixed sample of the images "
             f"({_span(truth)})."
         )
         lines = [line for line in truth if line[1]]
