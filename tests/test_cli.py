@@ -82,7 +82,16 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 def test_sigkill_mid_epoch_then_resume_gives_the_unbroken_result(npz_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "deepcluster", "train", "--data", str(npz_data), "--out", str(out)]
-    command += [*SMALL_RUN, *SMALL_SET, "--checkpoint-every", "1", "-q"]
+    # The unbroken run below trains in this process: the killed one computes on as many torch threads.
+    command += [
+        *SMALL_RUN,
+        *SMALL_SET,
+        "--checkpoint-every",
+        "1",
+        "-q",
+        "--threads",
+        str(torch.get_num_threads()),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = out / "checkpoints" / "last.pt"
     try:

@@ -152,3 +152,46 @@ def test_a_single_process_run_sets_up_nothing_distributed(data: Path, tmp_path: 
     assert not trainer.procs.distributed and trainer.procs.is_main
     assert trainer.train_backbone is trainer.backbone and trainer.train_heads is trainer.heads
     assert len(result.history) == 1
+
+
+@pytest.mark.parametrize("method", ["deepcluster-v2", "sela-v2"])
+def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
+    data: Path, tmp_path: Path, method: str
+) -> None:
+    from deepcluster.methods import Assignment
+    from deepcluster.models import build_backbone
+
+    run, section = tmp_path / method, method.replace("-", "_")
+    done = _train(
+        data, run, "--method", method, "--arch", "alexnet_small_gap",  # large 16 px and small 8 px crops
+        *[f"--set={section}.{key}" for key in ("n_sets=2", "n_small=2", "hidden=32", "out_dim=16")],
+    )  # fmt: skip
+    _check_complete(run, 2, done)
+    config = load_config(run / "config.yaml")
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    bank = checkpoint["method"]["bank"].numpy()
+    first = np.load(run / "features.npy")  # the first labels' projections: the bank before any step
+    one = build_method(config)
+    samples = [
+        one.sample(np.zeros((N_IMAGES, 2)), EPOCH_SIZE, seed=derive_seed(SEED, "sampler", e)) for e in (0, 1)
+    ]
+    trained = np.unique(samples)
+    rank_1 = np.unique(
+        [sample[BATCH // 2 : BATCH] for sample in samples]
+    )  # each epoch's first batch, 2nd half
+    untouched = np.setdiff1d(np.arange(N_IMAGES), trained)
+    assert len(untouched) and len(rank_1)
+    np.testing.assert_array_equal(bank[:, untouched], np.stack([first[untouched]] * 2))
+    assert not np.isclose(bank[:, rank_1], first[rank_1]).all(axis=2).any(), "rank 1's crops reach the bank"
+    # The last labels, made from the gathered bank by the main process, are one process's labels of that bank.
+    heads = one.build_heads(
+        build_backbone(
+            config.model.arch, sobel=config.model.sobel, input_size=config.data.input_size
+        ).feature_dim,
+        Assignment(np.zeros(N_IMAGES, dtype=np.int64), n_classes=8),
+        torch.Generator(),
+    )
+    heads.load_state_dict(checkpoint["heads"])
+    one.load_state_dict(checkpoint["method"])
+    alone = one.assign_stored(derive_seed(SEED, "assign", 1, STEPS_PER_EPOCH), heads)
+    np.testing.assert_array_equal(np.load(run / "labels" / "epoch_001.npy"), alone.labels)

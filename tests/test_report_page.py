@@ -113,7 +113,9 @@ def test_curves_of_a_real_run_are_valid_pngs_under_the_folder(tiny_run: Path, tm
 
 
 def test_without_true_labels_there_is_no_truth_figure(tiny_run: Path, tmp_path: Path) -> None:
-    history = [{**record, "nmi_true": None, "ari_true": None} for record in history_of(tiny_run)]
+    history = [
+        {**record, "nmi_true": None, "ari_true": None, "knn_true": None} for record in history_of(tiny_run)
+    ]
     pictures = plot_curves(history, None, tmp_path, folder="plots")
     assert names(pictures) == {"loss.png", "kmeans_loss.png", "nmi_prev.png", "cluster_sizes.png"}
     assert not (tmp_path / "plots" / "truth.png").exists()

@@ -130,7 +130,9 @@ class ModelConfig:
 
     arch: str | None = option(
         None,
-        "alexnet, alexnet_small, vgg16, vgg16_small, resnet18, resnet50 (default: AlexNet sized for the input)",
+        "alexnet, alexnet_small, alexnet_small_gap, vgg16, vgg16_small, resnet18, resnet18_small, resnet50 "
+        "(default: the method's: AlexNet sized for the input; the v2 methods: alexnet_small_gap up to 96 px, "
+        "else resnet18)",
         flag="--arch",
     )
     sobel: bool = option(True, "feed Sobel-filtered grayscale (off: RGB)", flag="--no-sobel")

@@ -115,6 +115,16 @@ class Processes:
         dist.broadcast(tensor, src=0)
         return tensor.cpu().numpy()
 
+    def all_gather_tensor(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every process's `tensor` (equal shapes on every process), concatenated along `dim` in rank order, on
+        the tensor's device; `tensor` itself in one process."""
+        if not self.distributed:
+            return tensor
+        send = tensor.contiguous().to(self.device)
+        parts = [torch.empty_like(send) for _ in range(self.world_size)]
+        dist.all_gather(parts, send)
+        return torch.cat(parts, dim=dim).to(tensor.device)
+
     def broadcast_buffers(self, module: torch.nn.Module) -> None:
         """Give every process the main process's buffers of `module` (e.g. batch-norm running statistics, which
         each process updates from its own part of the batch)."""

@@ -65,7 +65,7 @@ class LabelPhase:
         key = (epoch,) if state.step == 0 else (epoch, state.step)
         seed = derive_seed(cfg.run.seed, "assign", *key)
         if assignment is None and state.labels is not None:
-            assignment = self._method().assign_stored(seed, self.nets.heads)
+            assignment = self._stored(seed)
         if assignment is None:
             if self.nets.heads is None and self._method().extracts_through_heads:
                 blank = np.zeros(len(self.data.indices), dtype=np.int64)
@@ -95,6 +95,13 @@ class LabelPhase:
         if not isinstance(self.method, ExtractingMethod):
             raise RuntimeError(f"method {self.method.name} gives its labels once and cannot assign new ones")
         return self.method
+
+    def _stored(self, seed: int) -> Assignment | None:
+        """Labels from what the method stored while training (its bank), made by the main process (which holds
+        the gathered bank) and broadcast; None on every process when there is nothing stored."""
+        method, procs = self._method(), self.procs
+        assignment = method.assign_stored(seed, self.nets.heads) if procs.is_main else None
+        return procs.broadcast_object(assignment)
 
     def _extract(self, state: LoopState, epoch: int) -> np.ndarray:
         """The method's per-image values over this process's rows (all rows in one process), in eval mode, on
@@ -146,9 +153,11 @@ class LabelPhase:
         if procs.distributed and not sharded:
             labels = procs.broadcast_array(None if assignment is None else assignment.labels)
             summary = procs.broadcast_object(
-                None if assignment is None else (assignment.n_classes, assignment.stats)
+                None if assignment is None else (assignment.n_classes, assignment.stats, assignment.state)
             )
-            assignment = assignment or Assignment(labels=labels, n_classes=summary[0], stats=summary[1])
+            assignment = assignment or Assignment(
+                labels, n_classes=summary[0], stats=summary[1], state=summary[2]
+            )
         assert assignment is not None
         return assignment
 

@@ -122,7 +122,7 @@ class Trainer(Session):
             if not math.isfinite(value):
                 self.diverged(f"the training loss became {value}")
             nets.step(loss)
-            self.method.observe(batch, outputs)
+            self.method.observe(batch, outputs, procs)
             state.loss_sum += value
             state.loss_count += 1
             state.step += 1

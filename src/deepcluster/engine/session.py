@@ -49,7 +49,7 @@ class Session:
             torch.set_num_threads(config.run.threads)
         data = config.data
         self.source = open_source(data.data, root=data.data_root, split=data.split, download=data.download)
-        self.config = resolve_config(config, self.source, device)
+        self.config = resolve_config(config, self.source, device, methods[config.method])
         self.method = methods.build(self.config, device)
         check_data_size(self.config, self.method, len(self.source))
         check_processes(self.config, self.method)

@@ -34,15 +34,18 @@ def run_device(config: TrainConfig) -> torch.device:
         raise ConfigError(str(error)) from error
 
 
-def resolve_config(config: TrainConfig, source: ImageSource, device: torch.device) -> TrainConfig:
-    """Fill every automatic setting (input size, resize, arch, device, precision) from the data and the machine."""
+def resolve_config(
+    config: TrainConfig, source: ImageSource, device: torch.device, method: type[Method] | None = None
+) -> TrainConfig:
+    """Fill every automatic setting (input size, resize, arch, device, precision) from the data and the machine;
+    the arch is `method`'s choice for the input size (`Method.default_arch`)."""
     data = dataclasses.replace(config.data)
     data.input_size = data.input_size or infer_input_size(source)
     if data.resize is None:
         data.resize = default_resize(data.input_size)
     model = dataclasses.replace(config.model)
     if model.arch is None:
-        model.arch = "alexnet_small" if data.input_size <= SMALL_INPUT_LIMIT else "alexnet"
+        model.arch = (method or Method).default_arch(data.input_size)
     run = dataclasses.replace(config.run)
     run.device = str(device)
     run.precision = resolve_precision(config.run.precision, device)
@@ -60,11 +63,6 @@ def check_data_size(config: TrainConfig, method: Method, n_images: int) -> None:
 
 def check_processes(config: TrainConfig, method: Method) -> None:
     """Settings that only make sense under torchrun, or not with this method there."""
-    if launched_by_torchrun() and not method.runs_on_processes:
-        raise ConfigError(
-            f"--method {config.method} runs in one process only for now (its memory bank is not shared between "
-            "torchrun's processes); start it without torchrun"
-        )
     if not (launched_by_torchrun() and config.cluster.distributed_kmeans):
         return
     if not (isinstance(method, ExtractingMethod) and method.shards_assignment):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import TrainConfig
+from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig
 from deepcluster.data.samplers import uniform_cluster_sample
 from deepcluster.data.views import TrainView
 from deepcluster.models import channels_last
@@ -50,6 +50,11 @@ class ProcessGroup(Protocol):
     world_size: int
     device: torch.device
     """Where collective tensors live."""
+
+    def all_gather_tensor(self, tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every process's `tensor` (equal shapes), concatenated along `dim` in rank order; `tensor` itself in
+        one process."""
+        ...
 
 
 def primary_labels(labels: np.ndarray) -> np.ndarray:
@@ -89,8 +94,6 @@ class Method(ABC):
     """The number of classes is `cluster.k` (checked against the data size)."""
     recluster_every: ClassVar[int] = 1
     """Epochs between two label assignments when `cluster.recluster_every` is not set."""
-    runs_on_processes: ClassVar[bool] = True
-    """The method trains under torchrun (False: one process only, refused at start-up under torchrun)."""
     uses_every_head_parameter: ClassVar[bool] = True
     """Every head parameter gets a gradient at every step (False tells DistributedDataParallel to look for
     unused ones, e.g. DeeperCluster's sub-class heads of super-classes absent from a batch)."""
@@ -119,6 +122,11 @@ class Method(ABC):
         return uniform_cluster_sample(primary_labels(labels), n_samples, seed=seed)
 
     @classmethod
+    def default_arch(cls, input_size: int) -> str:
+        """The backbone when `model.arch` is not set: DeepCluster's AlexNet, its small-input variant up to 96 px."""
+        return "alexnet_small" if input_size <= SMALL_INPUT_LIMIT else "alexnet"
+
+    @classmethod
     def section(cls) -> str:
         """The name of the method's settings section: its name with `-` as `_` (`config.deepcluster_v2`)."""
         return cls.name.replace("-", "_")
@@ -143,9 +151,10 @@ class Method(ABC):
         """What `loss` reads, from the backbone's embedding of a batch (default: `heads(embedding)`)."""
         return heads(embedding)
 
-    def observe(self, rows: torch.Tensor, outputs: Any) -> None:
-        """Called after every training step with the batch's image rows and `forward`'s outputs (e.g. to fill a
-        memory bank). Default: nothing."""
+    def observe(self, rows: torch.Tensor, outputs: Any, processes: ProcessGroup) -> None:
+        """Called on every process after every training step with this process's image rows of the batch and
+        `forward`'s outputs (e.g. to fill a memory bank; `processes` gathers the other processes' parts).
+        Default: nothing."""
         return None
 
     def embedding(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import TrainConfig, option
+from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig, option
 from deepcluster.config.options import number, one_of, ordered_pair, positive, whole
 from deepcluster.data.samplers import shuffled_sample
 from deepcluster.data.views import MultiCropView
-from deepcluster.methods.base import Assignment, ExtractingMethod, augment_view
+from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup, augment_view
 from deepcluster.models import PrototypeHead, channels_last, takes_any_input_size
 
 LABEL_SOURCES = ("bank", "pass")
@@ -66,7 +66,6 @@ class V2Method(ExtractingMethod):
 
     fresh_heads = False
     extracts_through_heads = True
-    runs_on_processes = False  # the bank is not yet shared between torchrun's processes
     trainable_prototypes: bool = False
     """Train the prototypes (SeLa-v2), or set them to the centroids and never train them (DeepCluster-v2)."""
     defaults = {
@@ -81,6 +80,12 @@ class V2Method(ExtractingMethod):
         """[n_large, N, out_dim] float32: the last projection of each large crop of every image."""
         self.heads: PrototypeHead | None = None
         """The heads of the last label update (SeLa-v2 scores the bank against their prototypes)."""
+
+    @classmethod
+    def default_arch(cls, input_size: int) -> str:
+        """Networks with global pooling, so that small crops pass at their own size: the small AlexNet's convs up
+        to 96 px, ResNet-18 above."""
+        return "alexnet_small_gap" if input_size <= SMALL_INPUT_LIMIT else "resnet18"
 
     @property
     def v2(self) -> V2Config:
@@ -131,11 +136,21 @@ class V2Method(ExtractingMethod):
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return shuffled_sample(labels.shape[0], n_samples, seed=seed)
 
+    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
+        """At the start of every `cluster.recluster_every`-th epoch, and once more after the last step (from the
+        bank, at the cost of a clustering only), so that labels.csv holds the trained network's clusters."""
+        return [*super().label_update_steps(steps_per_epoch, epochs), steps_per_epoch * epochs]
+
     # ------------------------------------------------------------ bank
-    def observe(self, rows: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """Write the detached projections of the step's large crops into the bank rows of its images."""
+    def observe(
+        self, rows: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor], processes: ProcessGroup
+    ) -> None:
+        """Write the detached projections of the step's large crops into the bank rows of its images (under
+        torchrun, those of every process's part of the batch, gathered: the process that assigns holds them all)."""
+        rows = processes.all_gather_tensor(rows.to(processes.device))
+        z = processes.all_gather_tensor(outputs[0].detach().float(), dim=1)
         if self.bank is not None:
-            self.bank[:, rows.cpu()] = outputs[0].detach().float().cpu()
+            self.bank[:, rows.cpu()] = z.cpu()
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         """The projection z of the cluster view (the first labels, and labels_from=pass)."""

@@ -169,8 +169,9 @@ class PrototypeHead(nn.Module):
         return int(self.prototypes.shape[0])
 
     def project(self, embedding: torch.Tensor) -> torch.Tensor:
-        """The L2-normalised projection z of the backbone's embedding, [B, out_dim]."""
-        return nn.functional.normalize(self.projection(embedding), dim=1)
+        """The L2-normalised projection z of the backbone's embedding, [B, out_dim], in float32 (unit length
+        under bf16 autocast too: the bank and the clustering expect unit vectors)."""
+        return nn.functional.normalize(self.projection(embedding).float(), dim=1)
 
     def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.project(embedding)
