@@ -31,8 +31,9 @@ from deepcluster.seeding import derive_seed, seed_everything, torch_generator
 from learns import measure, train_and_decode
 
 
-def train_lightly_swav(config, images: torch.Tensor, seconds: float, prototypes: int, lr: float):
-    """lightly's SwAV on `images` for `seconds`; returns (backbone, steps)."""
+def train_lightly_swav(config, images: torch.Tensor, seconds: float, prototypes: int, lr: float, precision):
+    """lightly's SwAV on `images` for `seconds`, at our run's precision (bf16 autocast where ours used it);
+    returns (backbone, steps)."""
     from lightly.loss import SwaVLoss
     from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
 
@@ -56,9 +57,10 @@ def train_lightly_swav(config, images: torch.Tensor, seconds: float, prototypes:
                 break
             crops = view(images[torch.as_tensor(order[first : first + batch])], torch_generator(steps))
             outputs = []
-            for crop in crops:
-                z = torch.nn.functional.normalize(head(backbone(channels_last(crop))), dim=1)
-                outputs.append(protos(z))
+            with precision.autocast():
+                for crop in crops:
+                    z = torch.nn.functional.normalize(head(backbone(channels_last(crop))).float(), dim=1)
+                    outputs.append(protos(z).float())
             loss = criterion(outputs[:n_large], outputs[n_large:])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -76,7 +78,7 @@ def main() -> None:
     parser.add_argument("--method", default="deepcluster-v2")
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of our run")
     parser.add_argument(
-        "--epochs", type=int, default=50, help="epochs our schedule spans (the budget cuts it)"
+        "--epochs", type=int, default=6, help="epochs our schedule spans (the budget may cut it)"
     )
     parser.add_argument("--prototypes", type=int, default=512, help="lightly's prototypes (its benchmark's)")
     parser.add_argument("--peer-lr", type=float, default=1e-3, help="Adam learning rate of the peer")
@@ -97,7 +99,7 @@ def main() -> None:
     )
     config = apply_overrides(preset_config("default", method=args.method), overrides, origin="benchmark")
     result, ours_seconds, resolved, images, truth, precision = train_and_decode(config)
-    peer, steps = train_lightly_swav(resolved, images, ours_seconds, args.prototypes, args.peer_lr)
+    peer, steps = train_lightly_swav(resolved, images, ours_seconds, args.prototypes, args.peer_lr, precision)
     seed_everything(resolved.run.seed)
     random_net = build_backbone(
         resolved.model.arch, sobel=resolved.model.sobel, input_size=resolved.data.input_size

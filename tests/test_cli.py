@@ -17,7 +17,8 @@ from deepcluster.engine.trainer import train
 from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 
-SMALL_RUN = ["--k", "8", "--batch-size", "16", "--epochs", "2", "--seed", "3", "--no-progress"]
+SMALL_RUN = ["--method", "deepcluster", "--k", "8", "--batch-size", "16", "--epochs", "2", "--seed", "3"]
+SMALL_RUN += ["--no-progress"]
 SMALL_SET = ["--set", "cluster.pca_dim=16", "--set", "run.report=false"]
 
 

@@ -46,7 +46,7 @@ def _torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
 def _train(data: Path, out: Path, *extra: str, epochs: int = 2) -> subprocess.CompletedProcess[str]:
     return _torchrun(
         [
-            "--data", str(data), "--out", str(out), "--k", "8", "--batch-size", str(BATCH),
+            "--method", "deepcluster", "--data", str(data), "--out", str(out), "--k", "8", "--batch-size", str(BATCH),
             "--epoch-size", str(EPOCH_SIZE), "--epochs", str(epochs), "--seed", str(SEED), "--no-progress",
             "--save-features", "--set", "cluster.pca_dim=16", "--set", "optim.schedule=constant",
             "--set", "run.checkpoint_every=0", "--set", "run.report=false", *extra,
@@ -165,6 +165,7 @@ def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
     done = _train(
         data, run, "--method", method, "--arch", "alexnet_small_gap",  # large 16 px and small 8 px crops
         *[f"--set={section}.{key}" for key in ("n_sets=2", "n_small=2", "hidden=32", "out_dim=16")],
+        f"--set={section}.labels_from=bank", f"--set={section}.final_labels=bank",  # no pass after the first
     )  # fmt: skip
     _check_complete(run, 2, done)
     config = load_config(run / "config.yaml")
@@ -193,5 +194,7 @@ def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
     )
     heads.load_state_dict(checkpoint["heads"])
     one.load_state_dict(checkpoint["method"])
-    alone = one.assign_stored(derive_seed(SEED, "assign", 1, STEPS_PER_EPOCH), heads)
+    alone = one.assign_stored(derive_seed(SEED, "assign", 1, STEPS_PER_EPOCH), heads, last=True)
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert history[1]["label_updates"] == 2 and history[1]["seconds_extract"] == 0  # no pass over the data
     np.testing.assert_array_equal(np.load(run / "labels" / "epoch_001.npy"), alone.labels)

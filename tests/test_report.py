@@ -70,7 +70,12 @@ def test_training_builds_the_report_with_curves_grids_and_filters(deepcluster_ru
 
 @pytest.mark.parametrize(
     ("method", "sections"),
-    [("sela", {"sela": {"heads": 2}}), ("deepercluster", {"deepercluster": {"super_clusters": 2}})],
+    [
+        ("sela", {"sela": {"heads": 2}}),
+        ("deepercluster", {"deepercluster": {"super_clusters": 2}}),
+        ("deepcluster-v2", {"deepcluster_v2": {"n_sets": 2, "hidden": 32}}),
+        ("sela-v2", {"sela_v2": {"n_sets": 2, "hidden": 32}}),
+    ],
 )
 def test_every_method_gets_a_report(npz_data: Path, tmp_path: Path, method: str, sections: dict) -> None:
     out = tmp_path / method
@@ -81,9 +86,10 @@ def test_every_method_gets_a_report(npz_data: Path, tmp_path: Path, method: str,
     page = build_report(out, ReportOptions(clusters=4, activation_sample=64, channels=2))
     html = _check_report(out)
     assert page == out / "report" / "index.html"
-    assert (
-        "sinkhorn_loss" in html if method == "sela" else "curves/kmeans_loss.png" in referenced_images(html)
-    )
+    if method in ("sela", "sela-v2"):
+        assert "sinkhorn_loss" in html if method == "sela" else "curves/truth.png" in referenced_images(html)
+    else:
+        assert "curves/kmeans_loss.png" in referenced_images(html)
 
 
 def test_a_label_transfer_run_gets_a_report(npz_data: Path, deepcluster_run: Path, tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def test_a_method_s_starting_settings_sit_under_the_preset_and_the_user_s() -> N
     v2 = preset_config("default", method="deepcluster-v2")
     assert v2.method == "deepcluster-v2" and v2.optim.weight_decay == 1e-6 and not v2.model.sobel
     assert v2.augment.color_jitter == 0.8 and v2.augment.jitter_prob == 0.8
-    assert preset_config("default").optim.weight_decay == 1e-5  # DeepCluster keeps its own
+    assert (
+        preset_config("default", method="deepcluster").optim.weight_decay == 1e-5
+    )  # DeepCluster keeps its own
     paper = preset_config("paper", method="deepcluster-v2")
     assert paper.augment.color_jitter == 0.0  # the preset wins over the method's defaults
     mine = apply_overrides(v2, {"optim": {"weight_decay": 1e-4}})

@@ -3,6 +3,7 @@ and exact resume, on small real computations."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,13 @@ def v2_config(method: str, data: Path, out: Path, **sections: dict):
             "seed": 3,
             "report": False,
         },
-        method.replace("-", "_"): {"n_sets": 2, "n_small": 2, "hidden": 64, "out_dim": 16},
+        method.replace("-", "_"): {
+            "n_sets": 2,
+            "n_small": 2,
+            "hidden": 64,
+            "out_dim": 16,
+            "labels_from": "bank",
+        },
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
@@ -165,10 +172,13 @@ def test_a_v2_run_writes_every_set_s_labels(v2_run) -> None:
     assert header[2:4] == ["cluster", "cluster_h1"]
     assert [r["epoch"] for r in result.history] == [0, 1]
     assert all(np.isfinite(r["loss"]) for r in result.history)
-    # labels at each epoch's start and once more after the last step (the trained network's), all but the
-    # first from the bank: no pass over the data
+    # labels at each epoch's start (the first from a pass, the second from the bank) and once more after the
+    # last step, from a cluster-view pass of the trained network (final_labels=pass), which refills the bank
+    # with the same clean projection for both large crops
     assert [r["label_updates"] for r in result.history] == [1, 2]
-    assert result.history[1]["seconds_extract"] == 0
+    assert result.history[1]["seconds_extract"] > 0
+    bank = load_checkpoint(out / "checkpoints" / "last.pt")["method"]["bank"]
+    assert torch.equal(bank[0], bank[1])
     assert np.array_equal(result.labels, np.load(out / "labels" / "epoch_001.npy"))
     assert 0 <= result.history[-1]["knn_true"] <= 1
 
@@ -223,3 +233,17 @@ def test_v2_methods_from_the_command_line(
     bad = ["train", "--method", "deepcluster-v2", "--data", str(npz_data), "--set", "deepcluster_v2.n_sets=0",
            "--out", str(tmp_path / "bad"), "--no-progress"]  # fmt: skip
     assert main(bad) == 2 and "deepcluster_v2.n_sets=0" in capsys.readouterr().err
+
+
+def test_by_default_every_label_update_reads_a_pass_and_no_bank_is_kept(
+    npz_data: Path, tmp_path: Path
+) -> None:
+    argv = ["train", "--data", str(npz_data), "--out", str(tmp_path / "run"), "--k", "8", "--epochs", "2",
+            "--batch-size", "32", "--set", "deepcluster_v2.n_sets=2", "--set", "deepcluster_v2.hidden=32",
+            "--set", "run.report=false", "--no-progress", "-q"]  # fmt: skip
+    assert main(argv) == 0  # no --method: DeepCluster-v2
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["label_updates"] for r in history] == [1, 2]  # epoch starts, and after the last step
+    assert all(r["seconds_extract"] > 0 for r in history)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["config"]["method"] == "deepcluster-v2" and checkpoint["method"]["bank"] is None

@@ -12,6 +12,7 @@ from typing import Any
 
 from deepcluster.config import (
     CORE_SECTIONS,
+    DEFAULT_METHOD,
     PRESETS,
     ConfigError,
     OptionInfo,
@@ -54,7 +55,9 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
         "given with --set SECTION.OPTION=VALUE or in a --config YAML file.",
     )
     described = "; ".join(f"{m.name}: {m.summary}" if m.summary else m.name for m in methods)
-    p.add_argument("--method", help=f"{described} (default deepcluster)")
+    p.add_argument(
+        "--method", help=f"{described} (default {DEFAULT_METHOD}; deepcluster with --preset paper)"
+    )
     for section, item, info in _flagged(methods):
         dest = _dest(section, item.name)
         if item.type == "bool":

@@ -28,6 +28,8 @@ from deepcluster.config.sections import (
     default_resize,
 )
 from deepcluster.config.train import (
+    DEFAULT_METHOD,
+    PRESET_METHODS,
     PRESETS,
     TrainConfig,
     apply_overrides,
@@ -42,7 +44,9 @@ __all__ = [
     "CORE_SECTIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "DEFAULT_METHOD",
     "PRESETS",
+    "PRESET_METHODS",
     "SMALL_INPUT_LIMIT",
     "AugmentConfig",
     "ClusterConfig",

@@ -246,7 +246,9 @@ class RunConfig:
         None,
         "time budget: stop before an epoch that would end past this many minutes (the schedule still spans "
         "epochs); unset: run every epoch",
+        flag="--max-minutes",
         check=number(0, optional=True),
+        resumable=True,
     )
     threads: int | None = option(
         None, "CPU threads for torch and faiss (default: theirs)", flag="--threads", check=positive_or_none,

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # A plain reading of Caron et al. (2018): crop and flip only, constant lr 0.05, RandomResizedCrop's
     # default scale range, k = 10,000 (lower it with --k on small data).
-    "paper": {
+    "paper": {  # for --method deepcluster, which it implies when no method is named
         "augment": {"crop_scale": [0.08, 1.0], "color_jitter": 0.0, "grayscale_prob": 0.0},
         "cluster": {"k": 10000},
         "optim": {"lr": 0.05, "schedule": "constant", "batch_size": 256},
@@ -44,11 +44,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+PRESET_METHODS: dict[str, str] = {"paper": "deepcluster"}
+"""The method a preset is written for, chosen when the preset is named without a method."""
+
+DEFAULT_METHOD = "deepcluster-v2"
+"""What `deepcluster train` runs when no method is named: what learns most on the embedded split within the main
+job's budget (benchmarks/learns.py); `--method deepcluster` is the 2018 method."""
+
+
 @dataclass
 class TrainConfig:
     """A whole run's settings."""
 
-    method: str = "deepcluster"
+    method: str = DEFAULT_METHOD
     preset: str = "default"
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -133,8 +141,7 @@ def preset_config(
     if name not in PRESETS:
         raise ConfigError(f"--preset {name}: unknown preset; choose from {', '.join(PRESETS)}")
     base = TrainConfig(sections={key: kind() for key, kind in (sections or {}).items()})
-    if method is not None:
-        base.method = method
+    base.method = method or PRESET_METHODS.get(name, base.method)
     base = apply_overrides(base, method_defaults or {}, origin=f"defaults of --method {base.method}")
     config = apply_overrides(base, PRESETS[name], origin=f"preset {name}")
     config.preset = name

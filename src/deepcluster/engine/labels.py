@@ -51,7 +51,7 @@ class LabelPhase:
         self.precision, self.progress, self.diverged = precision, progress, diverged
         self.cluster_view, self.train_view = views
 
-    def update(self, state: LoopState, epoch: int) -> None:
+    def update(self, state: LoopState, epoch: int, last: bool = False) -> None:
         """Assign labels (given ones, or extracted and assigned by the method), log their quality, set up heads."""
         cfg = self.config
         started = time.perf_counter()
@@ -65,7 +65,7 @@ class LabelPhase:
         key = (epoch,) if state.step == 0 else (epoch, state.step)
         seed = derive_seed(cfg.run.seed, "assign", *key)
         if assignment is None and state.labels is not None:
-            assignment = self._stored(seed)
+            assignment = self._stored(seed, last)
         if assignment is None:
             if self.nets.heads is None and self._method().extracts_through_heads:
                 blank = np.zeros(len(self.data.indices), dtype=np.int64)
@@ -96,11 +96,11 @@ class LabelPhase:
             raise RuntimeError(f"method {self.method.name} gives its labels once and cannot assign new ones")
         return self.method
 
-    def _stored(self, seed: int) -> Assignment | None:
+    def _stored(self, seed: int, last: bool) -> Assignment | None:
         """Labels from what the method stored while training (its bank), made by the main process (which holds
         the gathered bank) and broadcast; None on every process when there is nothing stored."""
         method, procs = self._method(), self.procs
-        assignment = method.assign_stored(seed, self.nets.heads) if procs.is_main else None
+        assignment = method.assign_stored(seed, self.nets.heads, last) if procs.is_main else None
         return procs.broadcast_object(assignment)
 
     def _extract(self, state: LoopState, epoch: int) -> np.ndarray:

@@ -150,7 +150,8 @@ class Trainer(Session):
         due = bisect.bisect_right(self.schedule, epoch * self.steps_per_epoch + state.step)
         if due <= state.updates_done:
             return False
-        self.labeller.update(state, epoch)
+        now, end = epoch * self.steps_per_epoch + state.step, self.config.run.epochs * self.steps_per_epoch
+        self.labeller.update(state, epoch, last=now >= end)
         state.updates_done = due
         self.save()
         return True

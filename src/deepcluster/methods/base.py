@@ -201,9 +201,9 @@ class ExtractingMethod(Method):
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         """Pseudo-labels for all images from their extracted values."""
 
-    def assign_stored(self, seed: int, heads: nn.Module | None) -> Assignment | None:
+    def assign_stored(self, seed: int, heads: nn.Module | None, last: bool = False) -> Assignment | None:
         """Labels from what the method stored during training (a memory bank) and its current `heads`, without
-        an extraction pass; None: extract. Default: None."""
+        an extraction pass; None: extract. `last`: the update after the run's last step. Default: None."""
         return None
 
     def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:

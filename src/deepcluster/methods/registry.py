@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from deepcluster.config import ConfigError, TrainConfig, apply_overrides, preset_config, read_yaml
+from deepcluster.config import (
+    PRESET_METHODS,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    preset_config,
+    read_yaml,
+)
 from deepcluster.methods.base import Method
 
 
@@ -80,7 +87,7 @@ class MethodRegistry:
     def preset(self, name: str = "default", method: str | None = None) -> TrainConfig:
         """A named preset for `method` (default: TrainConfig's) with every registered method's section at its
         defaults; the method's own starting settings (`Method.defaults`) apply under the preset's."""
-        chosen = method or TrainConfig.method
+        chosen = method or PRESET_METHODS.get(name, TrainConfig.method)
         defaults = self[chosen].defaults if chosen in self._methods else {}
         return preset_config(name, self.sections, method=chosen, method_defaults=defaults)
 

@@ -4,9 +4,11 @@ head with sets of prototypes, multi-crop, a memory bank filled by the training p
 Each training step sees `n_large` large crops and `n_small` small crops of every image; the network maps each
 crop to an L2-normalised projection z and scores it against every set of prototypes by cosine similarity. The
 loss is the cross-entropy of score / T against the image's label in each set, averaged over sets and crops.
-The detached z of the large crops go into a bank ([n_large, N, d]); a label update clusters the bank (set i
-the bank of large crop i mod n_large), so after the first labels, which need a pass over the data, an epoch
-costs the training pass alone. How a set's labels come from its bank is the method's (`assign_bank`).
+A label update clusters the projections of a cluster-view pass over the data (`labels_from=pass`, the default:
+the cleaner clusters at small scale) or, as in the SwAV code, a memory bank ([n_large, N, d]) of the detached z
+of the large crops written by the training pass (`labels_from=bank`: set i clusters the bank of large crop
+i mod n_large, and after the first labels an epoch costs the training pass alone). How a set's labels come from
+its projections is the method's (`assign_bank`).
 """
 
 from __future__ import annotations
@@ -54,9 +56,16 @@ class V2Config:
         (0.05, 0.14), "area range of the small crops", check=ordered_pair(1.0)
     )
     labels_from: str = option(
-        "bank",
-        "where label updates read the images' projections: bank (filled by the training pass) or pass (a "
-        "cluster-view pass over the data before each update)",
+        "pass",
+        "where label updates read the images' projections: pass (a cluster-view pass over the data before each "
+        "update: cleaner clusters, for about 8 percent of a 6-crop epoch's time) or bank (filled by the training "
+        "pass, as in the SwAV code: no pass after the first, for large collections)",
+        check=one_of(*LABEL_SOURCES),
+    )
+    final_labels: str = option(
+        "pass",
+        "with labels_from=bank, where the last labels (after the last step: labels.csv) read the projections: pass "
+        "(a cluster-view pass of the trained network, whose clusters are cleaner than the bank's) or bank",
         check=one_of(*LABEL_SOURCES),
     )
 
@@ -69,6 +78,7 @@ class V2Method(ExtractingMethod):
     trainable_prototypes: bool = False
     """Train the prototypes (SeLa-v2), or set them to the centroids and never train them (DeepCluster-v2)."""
     defaults = {
+        "run": {"epochs": 5},  # the main job's budget on the embedded split (benchmarks/learns.py)
         "model": {"sobel": False},
         "optim": {"weight_decay": 1e-6},
         "augment": {"color_jitter": 0.8, "jitter_prob": 0.8, "grayscale_prob": 0.2, "blur_prob": 0.5},
@@ -147,6 +157,8 @@ class V2Method(ExtractingMethod):
     ) -> None:
         """Write the detached projections of the step's large crops into the bank rows of its images (under
         torchrun, those of every process's part of the batch, gathered: the process that assigns holds them all)."""
+        if self.v2.labels_from != "bank":  # every update extracts: no bank to keep
+            return
         rows = processes.all_gather_tensor(rows.to(processes.device))
         z = processes.all_gather_tensor(outputs[0].detach().float(), dim=1)
         if self.bank is not None:
@@ -160,13 +172,18 @@ class V2Method(ExtractingMethod):
         return heads.project(backbone(images)).float()
 
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
-        """Labels from extracted projections: the bank is (re)filled with them, then clustered."""
+        """Labels from extracted projections: the bank is (re)filled with them, then clustered (and kept only when
+        later updates read it)."""
         bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
         self.bank = bank.unsqueeze(0).repeat(self.v2.n_large, 1, 1)
-        return self._assign_sets(seed)
+        assignment = self._assign_sets(seed)
+        if self.v2.labels_from != "bank":
+            self.bank = None
+        return assignment
 
-    def assign_stored(self, seed: int, heads: nn.Module | None) -> Assignment | None:
-        if self.bank is None or self.v2.labels_from == "pass" or not isinstance(heads, PrototypeHead):
+    def assign_stored(self, seed: int, heads: nn.Module | None, last: bool = False) -> Assignment | None:
+        source = self.v2.final_labels if last else self.v2.labels_from
+        if self.bank is None or source == "pass" or not isinstance(heads, PrototypeHead):
             return None
         self.heads = heads
         return self._assign_sets(seed)
