@@ -42,8 +42,9 @@ def pattern_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def small_config(data: Path | str, out: Path, **sections: dict) -> TrainConfig:
-    """A DeepCluster run that takes seconds: 16 px, k=8, batch 32, 2 epochs, checkpoint every 2 steps."""
+def small_config(data: Path | str, out: Path, method: str = "deepcluster", **sections: dict) -> TrainConfig:
+    """A run of `method` (DeepCluster by default) that takes seconds: 16 px, k=8, batch 32, 2 epochs,
+    checkpoint every 2 steps."""
     overrides = {
         "data": {"data": str(data)},
         "cluster": {"k": 8, "pca_dim": 16},
@@ -59,4 +60,4 @@ def small_config(data: Path | str, out: Path, **sections: dict) -> TrainConfig:
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
-    return apply_overrides(preset_config("default", method="deepcluster"), overrides)
+    return apply_overrides(preset_config("default", method=method), overrides)

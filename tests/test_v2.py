@@ -10,17 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster import preset_config
 from deepcluster.cli import main
 from deepcluster.cluster.spherical import spherical_kmeans, torch_spherical_kmeans
-from deepcluster.config import apply_overrides
 from deepcluster.data.views import MultiCropView, TrainView
 from deepcluster.engine.trainer import Trainer, resume
 from deepcluster.methods import METHODS
 from deepcluster.methods.v2 import v2_loss
 from deepcluster.models import PrototypeHead, build_backbone
 from deepcluster.storage import load_checkpoint
-from synthetic import write_pattern_npz
+from synthetic import small_config, write_pattern_npz
 
 V2_METHODS = ("deepcluster-v2", "sela-v2")
 
@@ -31,20 +29,11 @@ def npz_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def v2_config(method: str, data: Path, out: Path, **sections: dict):
-    """Seconds per run: 16 px AlexNet, k=8, 2 sets, 2 large + 2 small crops, batch 32, 2 epochs."""
+    """Seconds per run (`small_config` with 16 px AlexNet, 2 sets, 2 large + 2 small crops, labels from the
+    bank)."""
     overrides = {
-        "data": {"data": str(data)},
         "model": {"arch": "alexnet_small"},
-        "cluster": {"k": 8},
-        "optim": {"batch_size": 32, "lr": 0.05},
-        "run": {
-            "epochs": 2,
-            "out": str(out),
-            "progress": False,
-            "checkpoint_every": 2,
-            "seed": 3,
-            "report": False,
-        },
+        "optim": {"lr": 0.05},
         method.replace("-", "_"): {
             "n_sets": 2,
             "n_small": 2,
@@ -55,7 +44,7 @@ def v2_config(method: str, data: Path, out: Path, **sections: dict):
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
-    return apply_overrides(preset_config("default", method=method), overrides)
+    return small_config(data, out, method=method, **overrides)
 
 
 # ---------------------------------------------------------------- spherical k-means

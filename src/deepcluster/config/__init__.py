@@ -37,6 +37,7 @@ from deepcluster.config.train import (
     dump_config,
     load_config,
     preset_config,
+    preset_method,
     read_yaml,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "option_info",
     "parse_set",
     "preset_config",
+    "preset_method",
     "read_yaml",
     "section_options",
 ]

@@ -47,6 +47,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESET_METHODS: dict[str, str] = {"paper": "deepcluster"}
 """The method a preset is written for, chosen when the preset is named without a method."""
 
+
+def preset_method(preset: str, method: str | None) -> str:
+    """The method a config of `preset` runs: `method` if named, else the preset's own, else the default."""
+    return method or PRESET_METHODS.get(preset, DEFAULT_METHOD)
+
+
 DEFAULT_METHOD = "deepcluster-v2"
 """What `deepcluster train` runs when no method is named: what learns most on the embedded split within the main
 job's budget (benchmarks/learns.py); `--method deepcluster` is the 2018 method."""
@@ -141,7 +147,7 @@ def preset_config(
     if name not in PRESETS:
         raise ConfigError(f"--preset {name}: unknown preset; choose from {', '.join(PRESETS)}")
     base = TrainConfig(sections={key: kind() for key, kind in (sections or {}).items()})
-    base.method = method or PRESET_METHODS.get(name, base.method)
+    base.method = preset_method(name, method)
     base = apply_overrides(base, method_defaults or {}, origin=f"defaults of --method {base.method}")
     config = apply_overrides(base, PRESETS[name], origin=f"preset {name}")
     config.preset = name

@@ -22,10 +22,11 @@ class DeepClusterV2Config(V2Config):
 
 
 class DeepClusterV2(V2Method):
-    """Labels: spherical k-means of each set's bank; prototypes: the normalised centroids."""
+    """Labels: spherical k-means of each set's projections (a pass or the bank); prototypes: the normalised
+    centroids."""
 
     name = "deepcluster-v2"
-    summary = "spherical k-means of a memory bank, prototypes = centroids, multi-crop (Caron et al., 2020)"
+    summary = "spherical k-means of the projections, prototypes = centroids, multi-crop (Caron et al., 2020)"
     Config = DeepClusterV2Config
 
     def assign_bank(self, bank: np.ndarray, index: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:

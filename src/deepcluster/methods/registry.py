@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from deepcluster.config import (
-    PRESET_METHODS,
     ConfigError,
     TrainConfig,
     apply_overrides,
     preset_config,
+    preset_method,
     read_yaml,
 )
 from deepcluster.methods.base import Method
@@ -85,9 +85,10 @@ class MethodRegistry:
 
     # ------------------------------------------------------------ configurations with these methods' sections
     def preset(self, name: str = "default", method: str | None = None) -> TrainConfig:
-        """A named preset for `method` (default: TrainConfig's) with every registered method's section at its
-        defaults; the method's own starting settings (`Method.defaults`) apply under the preset's."""
-        chosen = method or PRESET_METHODS.get(name, TrainConfig.method)
+        """A named preset for `method` (default: the preset's, else the default method) with every registered
+        method's section at its defaults; the method's own starting settings (`Method.defaults`) apply under the
+        preset's."""
+        chosen = preset_method(name, method)
         defaults = self[chosen].defaults if chosen in self._methods else {}
         return preset_config(name, self.sections, method=chosen, method_defaults=defaults)
 

@@ -29,10 +29,11 @@ class SelaV2Config(V2Config):
 
 
 class SelaV2(V2Method):
-    """Labels: Sinkhorn-Knopp over each set's bank scores (equal-size clusters); prototypes: trained."""
+    """Labels: Sinkhorn-Knopp over each set's prototype scores (a pass or the bank; equal-size clusters);
+    prototypes: trained."""
 
     name = "sela-v2"
-    summary = "Sinkhorn-Knopp labels of a memory bank, trained prototypes, multi-crop (Asano et al., 2020)"
+    summary = "Sinkhorn-Knopp labels of the projections, trained prototypes, multi-crop (Asano et al., 2020)"
     Config = SelaV2Config
     trainable_prototypes = True
 
