@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from deepcluster import preset_config
 from deepcluster.config import TrainConfig, apply_overrides
+from deepcluster.storage import load_checkpoint
 
 SIZE = 16
 
@@ -61,3 +64,22 @@ def small_config(data: Path | str, out: Path, method: str = "deepcluster", **sec
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     return apply_overrides(preset_config("default", method=method), overrides)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two finished two-epoch runs have the same weights, per-epoch labels, losses and labels.csv."""
+    state_a, state_b = (
+        load_checkpoint(a / "checkpoints" / "last.pt")["model"],
+        load_checkpoint(b / "checkpoints" / "last.pt")["model"],
+    )
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    for epoch in range(2):
+        name = f"labels/epoch_{epoch:03d}.npy"
+        assert np.array_equal(np.load(a / name), np.load(b / name))
+    records_a = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    records_b = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in records_a] == [r["loss"] for r in records_b]
+    assert [r["kmeans_loss"] for r in records_a] == [r["kmeans_loss"] for r in records_b]
+    assert (a / "labels.csv").read_text() == (b / "labels.csv").read_text()

@@ -23,6 +23,7 @@ from deepcluster.config import apply_overrides
 from deepcluster.engine.distributed import Processes, shard_range
 from deepcluster.methods import build_method
 from deepcluster.seeding import derive_seed
+from deepcluster.storage import load_checkpoint
 from synthetic import write_pattern_npz
 
 N_IMAGES = 160
@@ -76,7 +77,7 @@ def _check_complete(run: Path, epochs: int, done: subprocess.CompletedProcess[st
     log = (run / "train.log").read_text()
     assert log.count("2 processes (gloo), this is rank 0") == 1 and "rank 1" not in log
     assert done.stdout.count("run directory:") == 1, "only the main process reports"
-    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    checkpoint = load_checkpoint(run / "checkpoints/last.pt")
     assert len(checkpoint["rng_ranks"]) == 2
 
 
@@ -112,8 +113,8 @@ def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_pat
 
     _train(data, broken, "--distributed-kmeans", epochs=1)
     _torchrun(["--resume", str(broken), "--epochs", "2", "--no-progress"], tmp_path)
-    ours = torch.load(broken / "checkpoints/last.pt", weights_only=False)
-    theirs = torch.load(whole / "checkpoints/last.pt", weights_only=False)
+    ours = load_checkpoint(broken / "checkpoints/last.pt")
+    theirs = load_checkpoint(whole / "checkpoints/last.pt")
     for name, value in theirs["model"].items():
         assert torch.equal(ours["model"][name], value), name
     assert (broken / "labels.csv").read_text() == (whole / "labels.csv").read_text()
@@ -169,7 +170,7 @@ def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
     )  # fmt: skip
     _check_complete(run, 2, done)
     config = load_config(run / "config.yaml")
-    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    checkpoint = load_checkpoint(run / "checkpoints/last.pt")
     bank = checkpoint["method"]["bank"].numpy()
     first = np.load(run / "features.npy")  # the first labels' projections: the bank before any step
     one = build_method(config)

@@ -19,7 +19,7 @@ from deepcluster.engine.trainer import Trainer, TrainingDiverged, resume, train
 from deepcluster.models import ClassifierHead
 from deepcluster.seeding import derive_seed, torch_generator
 from deepcluster.storage import load_checkpoint
-from synthetic import SIZE, pattern_images, small_config, write_pattern_npz
+from synthetic import SIZE, assert_same_run, pattern_images, small_config, write_pattern_npz
 
 METRIC_KEYS = {"epoch", "loss", "kmeans_loss", "nmi_prev", "nmi_true", "ari_true", "n_empty", "seconds"}
 
@@ -106,21 +106,6 @@ def unbroken_run(npz_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("unbroken") / "run"
     train(small_config(npz_data, out))
     return out
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    state_a, state_b = model_state(a / "checkpoints" / "last.pt"), model_state(b / "checkpoints" / "last.pt")
-    assert state_a.keys() == state_b.keys()
-    for key in state_a:
-        assert torch.equal(state_a[key], state_b[key]), key
-    for epoch in range(2):
-        name = f"labels/epoch_{epoch:03d}.npy"
-        assert np.array_equal(np.load(a / name), np.load(b / name))
-    records_a = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
-    records_b = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
-    assert [r["loss"] for r in records_a] == [r["loss"] for r in records_b]
-    assert [r["kmeans_loss"] for r in records_a] == [r["kmeans_loss"] for r in records_b]
-    assert (a / "labels.csv").read_text() == (b / "labels.csv").read_text()
 
 
 @pytest.mark.parametrize(

@@ -41,13 +41,21 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> RunResult
 
 
 def resume(
-    run_dir: str | Path, epochs: int | None = None, on_step: StepCallback | None = None, **run_overrides: Any
+    run_dir: str | Path,
+    epochs: int | None = None,
+    on_step: StepCallback | None = None,
+    trust_checkpoint: bool = False,
+    **run_overrides: Any,
 ) -> RunResult:
-    """Continue a stopped run to the same result as an unbroken one, then build its report (`run.report`)."""
-    return _with_report(_resume(run_dir, epochs=epochs, on_step=on_step, **run_overrides))
+    """Continue a stopped run to the same result as an unbroken one, then build its report (`run.report`).
+    `trust_checkpoint` loads a checkpoint of an older format, whose full unpickle can run code."""
+    result = _resume(
+        run_dir, epochs=epochs, on_step=on_step, trust_checkpoint=trust_checkpoint, **run_overrides
+    )
+    return _with_report(result, trust_checkpoint)
 
 
-def _with_report(result: RunResult) -> RunResult:
+def _with_report(result: RunResult, trust_checkpoint: bool = False) -> RunResult:
     """Build the run's HTML report when its config asks for it, on the main process; a failure is logged with
     the command that rebuilds it, never fatal (the run itself is complete)."""
     if int(os.environ.get("RANK", "0")) != 0 or result.config is None or not result.config.run.report:
@@ -56,7 +64,7 @@ def _with_report(result: RunResult) -> RunResult:
 
     started = time.perf_counter()
     try:
-        page = build_report(result.run_dir)
+        page = build_report(result.run_dir, trust_checkpoint=trust_checkpoint)
     except Exception as error:  # keep the run, say how to retry
         log.warning(
             "the report could not be built (%s: %s); rebuild it with: deepcluster report %s",

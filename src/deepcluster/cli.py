@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import Field
@@ -23,6 +25,11 @@ from deepcluster.config import (
     section_options,
 )
 from deepcluster.methods import METHODS, MethodRegistry
+
+_TRUST_HELP = (
+    "load checkpoints that need a full unpickle (written by an older deepcluster); it can run code from the "
+    "file: only for files you trust"
+)
 
 
 def _section_classes(methods: MethodRegistry) -> dict[str, type]:
@@ -82,6 +89,7 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
         help="set any option, e.g. --set optim.schedule=cosine (repeatable)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
+    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -134,7 +142,9 @@ def _run_train(args: argparse.Namespace, methods: MethodRegistry) -> int:
     from deepcluster.api import resume, train
 
     if args.resume:
-        result = resume(args.resume, **_resume_overrides(args, methods))
+        result = resume(
+            args.resume, trust_checkpoint=args.trust_checkpoint, **_resume_overrides(args, methods)
+        )
     else:
         result = train(build_train_config(args, methods))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process reports for all
@@ -173,6 +183,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", help="JSON output (default: RUN/evaluation.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -199,6 +210,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="also the paper's gradient-ascent filter pictures (slow)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -223,7 +235,7 @@ def _run_report(args: argparse.Namespace) -> int:
         gradient_ascent=args.gradient_ascent,
         seed=args.seed,
     )
-    print(f"report: {build_report(args.run_dir, options)}")
+    print(f"report: {build_report(args.run_dir, options, trust_checkpoint=args.trust_checkpoint)}")
     return 0
 
 
@@ -248,6 +260,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         out=args.out,
+        trust_checkpoint=args.trust_checkpoint,
     )
     print(format_results(evaluate(config)))
     return 0
@@ -268,14 +281,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `deepcluster` command."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    terminal = logging.StreamHandler()
+    terminal.setLevel(
+        level
+    )  # the run's log file takes INFO from the same logger; -q quiets the terminal only
+    terminal.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[terminal])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is not news
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit fails the write (named below) instead of killing us
+        with contextlib.suppress(ValueError):  # main() called from a thread other than the main one
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from deepcluster.data.sources import DataError
     from deepcluster.engine.state import TrainingDiverged
+    from deepcluster.storage import DISK_FULL_ERRNOS, WriteFailed
 
     try:
         if args.command == "train":
@@ -290,6 +309,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"deepcluster: training diverged: {error}", file=sys.stderr)
         return 3
+    except OSError as error:  # a write that failed: WriteFailed names its file; space and size errors too
+        if not (isinstance(error, WriteFailed) or error.errno in DISK_FULL_ERRNOS):
+            raise
+        print(
+            f"deepcluster: error: could not write {error.filename or 'a file'}: {error.strerror}; what was "
+            "written before (the previous checkpoint included) is intact: fix that and run again (--resume RUN)",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("deepcluster: interrupted; resume with --resume RUN_DIR", file=sys.stderr)
         return 130

@@ -30,6 +30,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
 OPTIMIZERS = ("sgd", "lars")
+SEED_MAX = 2**63 - 1
+"""The largest run seed (torch's and the derived seeds' 63 bits)."""
 
 
 def default_resize(input_size: int) -> int:
@@ -40,6 +42,18 @@ def default_resize(input_size: int) -> int:
 
 def _all_positive(values: Any) -> str | None:
     return None if all(v > 0 for v in values) else "every value must be > 0"
+
+
+def _seed(value: Any) -> str | None:
+    return (
+        None
+        if whole(0)(value) is None and value <= SEED_MAX
+        else "must be a whole number from 0 to 2**63 - 1"
+    )
+
+
+def _off_or_two(value: Any) -> str | None:
+    return None if value == 0 or whole(2)(value) is None else "must be 0 (off) or a whole number >= 2"
 
 
 def _device_name(value: Any) -> str | None:
@@ -80,7 +94,9 @@ class DataConfig:
     std: tuple[float, float, float] = option(
         IMAGENET_STD, "per-channel standard deviation of the normalisation", check=_all_positive
     )
-    decode_threads: int | None = option(None, "threads decoding images (default: all cores)")
+    decode_threads: int | None = option(
+        None, "threads decoding images (default: all cores)", check=positive_or_none
+    )
     memory_limit_gb: float = option(
         16.0,
         "largest decoded-image cache (uint8) and extracted-values array (float32) kept in RAM; a larger "
@@ -145,7 +161,9 @@ class ClusterConfig:
     k: int = option(100, "number of clusters", flag="--k", check=whole(2))
     pca_dim: int = option(256, "PCA-whitening output size (0 turns PCA off)", check=whole(0))
     pca_sample: int | None = option(
-        None, "train the PCA on this many images (default: all of them)", check=positive_or_none
+        None,
+        "train the PCA on this many images (at least 2; default: all of them)",
+        check=whole(2, optional=True),
     )
     kmeans_iters: int = option(20, "k-means iterations", check=positive)
     kmeans_sample: int | None = option(
@@ -211,7 +229,7 @@ class RunConfig:
     """Everything about the run that is not the method."""
 
     epochs: int = option(4, "number of epochs", flag="--epochs", check=positive, resumable=True)
-    seed: int = option(0, "random seed", flag="--seed")
+    seed: int = option(0, "random seed", flag="--seed", check=_seed)
     device: str = option(
         "auto", "cpu, cuda, cuda:N or auto (cuda when available)", flag="--device", check=_device_name,
         resumable=True,
@@ -240,7 +258,7 @@ class RunConfig:
         2000,
         "each epoch, weighted k-NN (k 20, leave-one-out) of the true classes on the method's embedding of this "
         "many images (a fixed sample), logged as knn_true; for evaluation only, when the data has labels (0: off)",
-        check=whole(0),
+        check=_off_or_two,
     )
     max_minutes: float | None = option(
         None,

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from deepcluster.config.options import ConfigError, check_section, coerce, plain
+from deepcluster.config.options import ConfigError, check_section, closest, coerce, plain
 from deepcluster.config.sections import (
     CORE_SECTIONS,
     AugmentConfig,
@@ -50,6 +50,10 @@ PRESET_METHODS: dict[str, str] = {"paper": "deepcluster"}
 
 def preset_method(preset: str, method: str | None) -> str:
     """The method a config of `preset` runs: `method` if named, else the preset's own, else the default."""
+    if method is not None and not isinstance(method, str):
+        raise ConfigError(f"--method {method!r}: must be a method's name (text)")
+    if not isinstance(preset, str):
+        raise ConfigError(f"--preset {preset!r}: unknown preset; choose from {', '.join(PRESETS)}")
     return method or PRESET_METHODS.get(preset, DEFAULT_METHOD)
 
 
@@ -113,26 +117,44 @@ def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any], origin: s
     new = dataclasses.replace(config, sections=dict(config.sections))
     for key, value in overrides.items():
         if key in ("method", "preset"):
+            if not isinstance(value, str):
+                raise ConfigError(f"{origin}: {key} must be a name (text), got {value!r}")
             setattr(new, key, value)
             continue
         if key not in new.section_names():
-            known = ", ".join(["method", "preset", *new.section_names()])
-            raise ConfigError(f"{origin}: unknown section {key!r}; known sections: {known}")
+            known = ["method", "preset", *new.section_names()]
+            raise ConfigError(
+                f"{origin}: unknown section {key!r}{closest(key, known)}; known sections: {', '.join(known)}"
+            )
         if not isinstance(value, Mapping):
-            raise ConfigError(f"{origin}: section {key!r} must be a mapping of options, got {value!r}")
+            raise ConfigError(
+                f"{origin}: section {key!r} must be a mapping of options (e.g. {key}: {{option: value}}), "
+                f"got {value!r}"
+            )
         section = dataclasses.replace(new.section(key))
-        valid = {f.name for f in fields(section)}
+        valid = {f.name: f for f in fields(section)}
         for name, item in value.items():
             if name not in valid:
-                raise ConfigError(
-                    f"{origin}: unknown option {key}.{name}; options of {key}: {', '.join(sorted(valid))}"
-                )
-            setattr(section, name, coerce(key, name, getattr(section, name), item))
+                raise ConfigError(f"{origin}: {_unknown_option(new, key, name)}")
+            setattr(section, name, coerce(valid[name], item))
         if key in CORE_SECTIONS:
             setattr(new, key, section)
         else:
             new.sections[key] = section
     return new
+
+
+def _unknown_option(config: TrainConfig, section: str, name: Any) -> str:
+    """The message for `section.name`, an option `section` does not have: the closest name, or the section
+    that has it, then the section's options."""
+    valid = sorted(f.name for f in fields(config.section(section)))
+    hint = closest(name, valid)
+    owners = [
+        other for other in config.section_names() if name in {f.name for f in fields(config.section(other))}
+    ]
+    if not hint and owners:
+        hint = f" (it is an option of {', '.join(owners)}: {owners[0]}.{name})"
+    return f"unknown option {section}.{name}{hint}; options of {section}: {', '.join(valid)}"
 
 
 def preset_config(
@@ -144,8 +166,10 @@ def preset_config(
     """The configuration of a named preset (`default` or `paper`), with a default instance of each of the
     method `sections` ({name: dataclass}), for `method` (default: TrainConfig's), whose own starting settings
     `method_defaults` apply over the core defaults and under the preset's."""
-    if name not in PRESETS:
-        raise ConfigError(f"--preset {name}: unknown preset; choose from {', '.join(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(
+            f"--preset {name}: unknown preset{closest(name, list(PRESETS))}; choose from {', '.join(PRESETS)}"
+        )
     base = TrainConfig(sections={key: kind() for key, kind in (sections or {}).items()})
     base.method = preset_method(name, method)
     base = apply_overrides(base, method_defaults or {}, origin=f"defaults of --method {base.method}")
@@ -173,13 +197,21 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The mapping in a YAML settings file; errors name the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: file not found")
+        raise ConfigError(
+            f"--config {path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--config {path}: cannot be read as text ({error})") from error
     except yaml.YAMLError as error:
-        raise ConfigError(f"--config {path}: not valid YAML ({error})") from error
+        problem = " ".join(str(error).split())
+        raise ConfigError(f"--config {path}: not valid YAML ({problem})") from error
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"--config {path}: expected a mapping of sections at the top level")
+        raise ConfigError(
+            f"--config {path}: expected a mapping of sections at the top level (e.g. optim: {{lr: 0.1}}), "
+            f"got {type(raw).__name__} {raw!r}"
+        )
     return dict(raw)
 
 

@@ -55,9 +55,13 @@ class Trainer(Session):
     """Runs one configuration end to end, or resumes it from its run directory."""
 
     def __init__(
-        self, config: TrainConfig, resume: bool = False, on_step: StepCallback | None = None
+        self,
+        config: TrainConfig,
+        resume: bool = False,
+        on_step: StepCallback | None = None,
+        trust_checkpoint: bool = False,
     ) -> None:
-        super().__init__(config, resume, METHODS)
+        super().__init__(config, resume, METHODS, trust_checkpoint)
         self.on_step = on_step
 
     def fit(self) -> RunResult:

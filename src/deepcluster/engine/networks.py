@@ -21,8 +21,10 @@ def new_backbone(config: TrainConfig) -> nn.Module:
     model = config.model
     try:
         return build_backbone(model.arch, sobel=model.sobel, input_size=config.data.input_size)
-    except ValueError as error:
-        raise ConfigError(str(error)) from error
+    except ValueError as error:  # an input size the architecture cannot take: name both options
+        raise ConfigError(
+            f"--arch {model.arch} at --input-size {config.data.input_size}: {error} (model.arch, data.input_size)"
+        ) from error
 
 
 def _sgd(parameters: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:

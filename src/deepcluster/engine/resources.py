@@ -19,7 +19,7 @@ from deepcluster.config import ConfigError, TrainConfig
 from deepcluster.data.decode import DecodedImages, decode_images
 from deepcluster.data.sources import ImageSource
 from deepcluster.engine.distributed import Processes, join_processes
-from deepcluster.storage import RunDir
+from deepcluster.storage import RunDir, RunLock
 
 log = logging.getLogger("deepcluster")
 
@@ -50,6 +50,7 @@ class RunResources:
         self.writer: Any = None
         self._file_log: logging.Handler | None = None
         self._cache_path: Path | None = None
+        self._lock: RunLock | None = None
 
     def open(self) -> TrainConfig:
         """Join torchrun's processes (if any), choose and prepare the run directory, start the log file.
@@ -61,8 +62,10 @@ class RunResources:
             out = f"runs/{config.method}-{stamp}"
             self.config = config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=out))
         self.run_dir = RunDir(config.run.out)
-        if procs.is_main:
-            self.run_dir.prepare(resume=self.resume)
+        if procs.is_main:  # the main process holds the run directory for all (RUN/.lock) until close()
+            self.run_dir.prepare(
+                resume=self.resume, lock=lambda: self._hold(RunLock(config.run.out, "train"))
+            )
         procs.barrier()
         if procs.is_main:
             self._file_log = logging.FileHandler(self.run_dir.log_file)
@@ -73,6 +76,9 @@ class RunResources:
         else:  # the main process speaks for all
             log.setLevel(logging.WARNING)
         return config
+
+    def _hold(self, lock: RunLock) -> None:
+        self._lock = lock.acquire()
 
     # ------------------------------------------------------------ images
     def decode(self, source: ImageSource, progress: bool) -> DecodedImages:
@@ -170,3 +176,6 @@ class RunResources:
             log.removeHandler(self._file_log)
             self._file_log.close()
             self._file_log = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

@@ -32,7 +32,7 @@ from deepcluster.seeding import (
     seed_everything,
     torch_generator,
 )
-from deepcluster.storage import RunDir, atomic_write_text, load_checkpoint, save_checkpoint
+from deepcluster.storage import NoCheckpoint, RunDir, atomic_write_text
 
 log = logging.getLogger("deepcluster")
 
@@ -40,18 +40,23 @@ log = logging.getLogger("deepcluster")
 class Session:
     """One run's settings, method, resources, networks and loop state."""
 
-    def __init__(self, config: TrainConfig, resume: bool, methods: MethodRegistry) -> None:
+    def __init__(
+        self, config: TrainConfig, resume: bool, methods: MethodRegistry, trust_checkpoint: bool = False
+    ) -> None:
         config = methods.complete(config)
         methods.validate(config)
         device = run_device(config)
-        self.resume = resume
+        self.restarted = bool(resume and config.run.out and not RunDir(config.run.out).has_checkpoint())
+        """A resume of a run stopped before its first checkpoint, which therefore starts from the beginning."""
+        self.resume = resume = resume and not self.restarted
+        self.trust_checkpoint = trust_checkpoint
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         data = config.data
         self.source = open_source(data.data, root=data.data_root, split=data.split, download=data.download)
         self.config = resolve_config(config, self.source, device, methods[config.method])
         self.method = methods.build(self.config, device)
-        check_data_size(self.config, self.method, len(self.source))
+        self.config = check_data_size(self.config, self.method, len(self.source))
         check_processes(self.config, self.method)
         self.precision = Precision(device, self.config.run.precision)
         self.resources = RunResources(self.config, device, resume)
@@ -97,6 +102,11 @@ class Session:
     def setup(self) -> None:
         """Join, prepare, build, decode, and on a resume load the last checkpoint."""
         self.config = cfg = self.resources.open()
+        if self.restarted:
+            log.warning(
+                "--resume %s: the run stopped before its first checkpoint; starting it from the beginning with "
+                "its config.yaml", cfg.run.out,
+            )  # fmt: skip
         procs, device = self.procs, self.precision.device
         self.progress = cfg.run.progress and procs.is_main
         if not self.resume:
@@ -123,7 +133,7 @@ class Session:
                 self.run_dir.skipped,
             )
         n_images = decoded.images.shape[0]
-        check_data_size(cfg, self.method, n_images)
+        cfg = self.config = check_data_size(cfg, self.method, n_images, backbone.feature_dim)
         true = self.source.labels
         self.data = RunImages(
             images=images_on_device(decoded.images, device), indices=decoded.indices, name_of=self.source.name,
@@ -173,8 +183,10 @@ class Session:
         )  # every process's generators, for exact resume
         if self.procs.is_main:
             networks = {**self.nets.state(), "method": self.method.state_dict()}
-            state = checkpoint_state(self.config.to_dict(), networks, self.state, self.data.indices, rng)
-            save_checkpoint(self.run_dir.checkpoint, state)
+            state = checkpoint_state(
+                self.config.to_dict(), networks, self.state, self.data.indices, rng, self.steps_per_epoch
+            )
+            self.run_dir.save_checkpoint(state)
 
     def diverged(self, what: str) -> None:
         """Stop the run: `what` became NaN or infinite."""
@@ -185,10 +197,10 @@ class Session:
         )
 
     def _load(self) -> None:
-        path = self.run_dir.checkpoint
-        if not path.exists():
-            raise ConfigError(f"--resume {self.run_dir.root}: no checkpoint at {path}")
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = self.run_dir.load_checkpoint(self.trust_checkpoint, writable=self.procs.is_main)
+        except NoCheckpoint as error:
+            raise ConfigError(f"--resume {self.run_dir.root}: {error}") from None
         if not np.array_equal(ckpt["indices"], self.data.indices):
             raise ConfigError(f"--resume {self.run_dir.root}: the images readable now differ from the run's")
         self.state = loop_state(ckpt, self.schedule, self.steps_per_epoch)

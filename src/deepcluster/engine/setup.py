@@ -1,9 +1,11 @@
 """Settings the engine fills in or checks once the data and the machine are known: input size, resize, arch,
-device, precision, and what the data's size allows."""
+device, precision, and what the data's size allows (`check_data_size`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 
 import torch
 
@@ -12,6 +14,8 @@ from deepcluster.data.sources import ImageSource
 from deepcluster.engine.device import resolve_device, resolve_precision
 from deepcluster.engine.distributed import launched_by_torchrun, process_device
 from deepcluster.methods import ExtractingMethod, Method
+
+log = logging.getLogger("deepcluster")
 
 
 def infer_input_size(source: ImageSource, tries: int = 16) -> int:
@@ -52,17 +56,63 @@ def resolve_config(
     return dataclasses.replace(config, data=data, model=model, run=run)
 
 
-def check_data_size(config: TrainConfig, method: Method, n_images: int) -> None:
-    """Settings that the number of (readable) images makes impossible."""
+def world_size() -> int:
+    """The number of processes torchrun started (1 without it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_data_size(
+    config: TrainConfig, method: Method, n_images: int, feature_dim: int | None = None
+) -> TrainConfig:
+    """The settings `n_images` images allow: ConfigError (naming the option, its value and the fix) for those
+    the data makes impossible, lowered copies (with a warning each) of those that are upper bounds; the method
+    is given the config returned.
+
+    Called twice, before any network work: before decoding with the source's size, where only refusals are made
+    (what that many images cannot do, fewer readable ones cannot either), and right after decoding with the
+    readable images and the backbone's `feature_dim`, where the bounds are fitted too (so config.yaml records
+    what the run used)."""
+    final = feature_dim is not None
+    if n_images < 2:
+        raise ConfigError(f"--data: {n_images} image(s); training needs at least 2")
     k = config.cluster.k
     if method.uses_k and k > n_images:
         raise ConfigError(
             f"--k {k} is larger than the number of images ({n_images}); use --k {n_images} or less"
         )
+    processes = world_size()
+    if n_images < processes:
+        raise ConfigError(
+            f"--data: {n_images} images cannot be shared by {processes} processes (each extracts its own "
+            f"rows); start at most {n_images} processes"
+        )
+    optim = config.optim
+    per_epoch = optim.epoch_size or n_images
+    if per_epoch < processes:
+        raise ConfigError(
+            f"--epoch-size {per_epoch}: an epoch needs at least one image per process ({processes} processes); "
+            f"use --epoch-size {processes} or more (optim.epoch_size)"
+        )
+    if final and optim.batch_size > per_epoch:
+        batch = per_epoch // processes * processes
+        log.warning(
+            "optim.batch_size=%d is larger than the %d images an epoch draws; using optim.batch_size=%d",
+            optim.batch_size, per_epoch, batch,
+        )  # fmt: skip
+        config = dataclasses.replace(config, optim=dataclasses.replace(optim, batch_size=batch))
+    method.config = config
+    method.config = fitted = method.fit_to_data(config, n_images, feature_dim)
+    return fitted
 
 
 def check_processes(config: TrainConfig, method: Method) -> None:
     """Settings that only make sense under torchrun, or not with this method there."""
+    processes = world_size()
+    if config.optim.batch_size % processes:
+        raise ConfigError(
+            f"--batch-size {config.optim.batch_size} (the total over all processes) is not a multiple of the "
+            f"{processes} processes; choose a multiple of {processes} (optim.batch_size)"
+        )
     if not (launched_by_torchrun() and config.cluster.distributed_kmeans):
         return
     if not (isinstance(method, ExtractingMethod) and method.shards_assignment):

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
+"""2: label updates counted (`updates_done`); 3: `steps_per_epoch` kept, the file in storage's safe format (no
+pickled objects: NumPy arrays as tensors)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,9 +53,11 @@ def checkpoint_state(
     state: LoopState,
     indices: np.ndarray,
     rng: list[dict[str, Any]],
+    steps_per_epoch: int,
 ) -> dict[str, Any]:
     """The checkpoint of a run: its settings, the networks' fields (`Networks.state`), the loop, the source
-    indices of the images it trains on, and the RNG states of every process (`rng`, in rank order)."""
+    indices of the images it trains on, the RNG states of every process (`rng`, in rank order) and the epoch's
+    length in steps."""
     return {
         "version": CHECKPOINT_VERSION,
         "config": config,
@@ -62,6 +66,7 @@ def checkpoint_state(
         "indices": indices,
         "rng": rng[0],
         "rng_ranks": rng,
+        "steps_per_epoch": steps_per_epoch,
     }
 
 

@@ -37,7 +37,13 @@ def resume_config(run_dir: str | Path, epochs: int | None = None, **run_override
 
 
 def resume(
-    run_dir: str | Path, epochs: int | None = None, on_step: StepCallback | None = None, **run_overrides: Any
+    run_dir: str | Path,
+    epochs: int | None = None,
+    on_step: StepCallback | None = None,
+    trust_checkpoint: bool = False,
+    **run_overrides: Any,
 ) -> RunResult:
-    """Continue the run saved in `run_dir` (optionally for more epochs) to the same result as an unbroken run."""
-    return Trainer(resume_config(run_dir, epochs, **run_overrides), resume=True, on_step=on_step).fit()
+    """Continue the run saved in `run_dir` (optionally for more epochs) to the same result as an unbroken run.
+    `trust_checkpoint`: load a checkpoint that needs a full unpickle (an older format; it can run code)."""
+    config = resume_config(run_dir, epochs, **run_overrides)
+    return Trainer(config, resume=True, on_step=on_step, trust_checkpoint=trust_checkpoint).fit()

@@ -30,7 +30,7 @@ from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
 from deepcluster.models.loading import LoadedModel, load_model
 from deepcluster.seeding import seed_everything
-from deepcluster.storage import RunDir
+from deepcluster.storage import RunDir, RunLock
 
 
 @dataclass
@@ -61,6 +61,8 @@ class EvalConfig:
     progress: bool = True
     out: str | None = None
     """JSON output; default: RUN/evaluation.json for a run, else beside the checkpoint."""
+    trust_checkpoint: bool = False
+    """Also load checkpoints that need a full unpickle (older formats; it can run code from the file)."""
 
 
 def _labelled_images(
@@ -144,8 +146,16 @@ def _run_clustering(run_dir: Path) -> dict[str, Any] | None:
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
-    """Evaluate `config.target`; returns everything measured (also written as JSON, see `EvalConfig.out`)."""
-    model = load_model(config.target, config.input_size)
+    """Evaluate `config.target`; returns everything measured (also written as JSON, see `EvalConfig.out`).
+    A run directory is held (its lock) while it is evaluated."""
+    if RunDir(config.target).config.is_file():
+        with RunLock(config.target, "evaluate"):
+            return _evaluate(config)
+    return _evaluate(config)
+
+
+def _evaluate(config: EvalConfig) -> dict[str, Any]:
+    model = load_model(config.target, config.input_size, trusted=config.trust_checkpoint)
     train, test, described = evaluation_splits(config, model)
     networks = {"trained": _network_scores(model.backbone, model, train, test, config)}
     if config.baseline:

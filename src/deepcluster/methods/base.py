@@ -111,6 +111,15 @@ class Method(ABC):
         every = self.config.cluster.recluster_every or self.recluster_every
         return [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every == 0]
 
+    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        """`config` as this method's settings fit `n_images` images: ConfigError (naming the option, its value
+        and the fix) for a setting they make impossible, a copy with a setting that is an upper bound lowered
+        (with a warning) where the data cannot reach it. `feature_dim` is the backbone's embedding size once the
+        images are decoded (`n_images` then counts the readable ones); None before, when `n_images` is the
+        source's size and only refusals are due. The engine checks `cluster.k` (`uses_k`) and the batch itself.
+        Default: `config` unchanged."""
+        return config
+
     def initial_assignment(
         self, indices: np.ndarray, name_of: Callable[[int], str], seed: int
     ) -> Assignment | None:

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+
 import numpy as np
 import torch
 
 from deepcluster.cluster import KMeansResult, PCAWhitening, kmeans, kmeans_on_sample
 from deepcluster.cluster.hierarchical import KMeansFit
 from deepcluster.cluster.kmeans_torch import torch_kmeans
-from deepcluster.config import ClusterConfig
+from deepcluster.config import ClusterConfig, ConfigError, TrainConfig
+
+log = logging.getLogger("deepcluster")
+
+
+def fit_clustering(
+    config: TrainConfig, n_images: int, feature_dim: int | None, largest_fit: int, what: str
+) -> TrainConfig:
+    """`config` with its PCA and k-means settings fitted to `n_images` images of `feature_dim` values (see
+    `Method.fit_to_data`); `largest_fit` is the most clusters one k-means fit makes (`what` says which).
+
+    k-means on a sample (`cluster.kmeans_sample`) needs at least that many points: refused otherwise. PCA
+    whitening to `cluster.pca_dim` needs as many directions of variance: at most the feature dimension, and one
+    fewer than the rows it is trained on (centred rows span one dimension fewer; the last direction would be
+    noise blown up by the whitening). The paper's 256 is an upper bound for ImageNet's million images: a larger
+    pca_dim is lowered to what the data allows, with a warning."""
+    settings = config.cluster
+    sample = settings.kmeans_sample
+    if sample is not None and sample < largest_fit:
+        raise ConfigError(
+            f"cluster.kmeans_sample={sample} is smaller than {what}: k-means trains on at least as many points "
+            f"as clusters; use cluster.kmeans_sample={largest_fit} or more, or leave it unset"
+        )
+    if feature_dim is None or settings.pca_dim == 0:
+        return config
+    rows = min(settings.pca_sample or n_images, n_images)
+    allowed = min(rows - 1, feature_dim)
+    if settings.pca_dim <= allowed:
+        return config
+    log.warning(
+        "cluster.pca_dim=%d is more than PCA whitening can give from %d training rows of %d features (at most "
+        "%d); using cluster.pca_dim=%d", settings.pca_dim, rows, feature_dim, allowed, allowed,
+    )  # fmt: skip
+    return dataclasses.replace(config, cluster=dataclasses.replace(settings, pca_dim=allowed))
 
 
 def whitened(features: np.ndarray, settings: ClusterConfig, seed: int) -> np.ndarray:

@@ -8,8 +8,9 @@ from torch import nn
 
 from deepcluster.cluster import KMeansResult
 from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
+from deepcluster.config import TrainConfig
 from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup
-from deepcluster.methods.clustering import kmeans_fit, whitened
+from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whitened
 from deepcluster.models import ClassifierHead
 
 
@@ -19,6 +20,10 @@ class DeepCluster(ExtractingMethod):
     name = "deepcluster"
     summary = "k-means labels, a fresh top layer each epoch (Caron et al., 2018)"
     shards_assignment = True
+
+    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        k = config.cluster.k
+        return fit_clustering(config, n_images, feature_dim, k, f"--k {k}")
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)

@@ -21,7 +21,7 @@ from deepcluster.config.options import positive
 from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample
 from deepcluster.methods.base import Assignment, ExtractingMethod
-from deepcluster.methods.clustering import kmeans_fit, whitened
+from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whitened
 from deepcluster.models import HierarchicalHead
 
 
@@ -76,6 +76,12 @@ class DeeperCluster(ExtractingMethod):
     def n_rotations(self) -> int:
         """4 with rotations, else 1."""
         return N_ROTATIONS if self.config.deepercluster.rotations else 1
+
+    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        m = config.deepercluster.super_clusters
+        k_sub = config.cluster.k // m
+        what = f"the {max(m, k_sub)} clusters of one k-means fit (--super-clusters {m}, k / m = {k_sub})"
+        return fit_clustering(config, n_images, feature_dim, max(m, k_sub), what)
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)

@@ -22,7 +22,9 @@ from deepcluster.config import (
     preset_method,
     read_yaml,
 )
+from deepcluster.config.options import closest
 from deepcluster.methods.base import Method
+from deepcluster.models import ARCHITECTURES
 
 
 class MethodRegistry:
@@ -71,8 +73,10 @@ class MethodRegistry:
         return name in self._methods
 
     def __getitem__(self, name: str) -> type[Method]:
-        if name not in self._methods:
-            raise ConfigError(f"--method {name}: unknown method; choose from {', '.join(self._methods)}")
+        if not isinstance(name, str) or name not in self._methods:
+            raise ConfigError(
+                f"--method {name}: unknown method{closest(name, self.names)}; choose from {', '.join(self._methods)}"
+            )
         return self._methods[name]
 
     def __iter__(self) -> Iterator[type[Method]]:
@@ -113,6 +117,12 @@ class MethodRegistry:
         """The method is known and every option valid (checks that need the data come later)."""
         self[config.method]
         config.validate()
+        arch = config.model.arch
+        if arch is not None and arch not in ARCHITECTURES:
+            raise ConfigError(
+                f"--arch {arch}: unknown architecture{closest(arch, list(ARCHITECTURES))} (model.arch); "
+                f"choose from {', '.join(ARCHITECTURES)}"
+            )
 
     def build(self, config: TrainConfig, device: torch.device | None = None) -> Method:
         """The method `config.method` for this (validated) config, computing on `device`."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig, option
+from deepcluster.config import SMALL_INPUT_LIMIT, ConfigError, TrainConfig, option
 from deepcluster.config.options import number, one_of, ordered_pair, positive, whole
 from deepcluster.data.samplers import shuffled_sample
 from deepcluster.data.views import MultiCropView
@@ -142,6 +142,19 @@ class V2Method(ExtractingMethod):
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Mean over crops and sets of the cross-entropy of score / T against the image's label in the set."""
         return v2_loss(outputs[1], targets, self.v2.temperature)
+
+    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        """The projection head's batch norm needs two rows per forward: crops of one size of a step's images."""
+        v2, optim, name = config.section(self.section()), config.optim, self.section()
+        images = min(optim.batch_size, optim.epoch_size or n_images)
+        crops = min(v2.n_large, v2.n_small or v2.n_large)
+        if v2.hidden and images * crops < 2:
+            raise ConfigError(
+                f"--batch-size {images}: the batch norm of {name}'s projection head needs at least 2 crops of one "
+                f"size per step, and a step has {images} image(s) x {crops} crop(s); use --batch-size 2 or more "
+                f"(and --epoch-size 2 or more), or {name}.hidden=0"
+            )
+        return config
 
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return shuffled_sample(labels.shape[0], n_samples, seed=seed)

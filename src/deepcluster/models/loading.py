@@ -29,17 +29,18 @@ class LoadedModel:
     report: str | None = None
 
 
-def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel:
-    """Build and load the network of a run directory or a checkpoint file."""
+def load_model(target: str | Path, input_size: int | None = None, trusted: bool = False) -> LoadedModel:
+    """Build and load the network of a run directory or a checkpoint file. Checkpoints are read without running
+    code; `trusted` (--trust-checkpoint) also loads files that need a full unpickle (older formats)."""
     path = Path(target)
     if path.is_dir():
         run = RunDir(path)
-        if not run.config.is_file() or not run.checkpoint.is_file():
+        if not run.config.is_file() or not run.has_checkpoint():
             raise ConfigError(f"{path}: not a run directory (needs config.yaml and checkpoints/last.pt)")
         config = load_config(run.config, strict=False)  # the data and model sections; methods' are not needed
         size = int(config.data.input_size or 224)
         backbone = build_backbone(str(config.model.arch), sobel=config.model.sobel, input_size=size)
-        backbone.load_state_dict(load_checkpoint(run.checkpoint)["model"])
+        backbone.load_state_dict(run.load_checkpoint(trusted)["model"])
         resize = int(config.data.resize or size)
         return LoadedModel(
             backbone, str(config.model.arch), config.model.sobel, size, resize, path,
@@ -47,8 +48,10 @@ def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel
         )  # fmt: skip
     if not path.is_file():
         raise ConfigError(f"{path}: no such run directory or checkpoint file")
-    checkpoint = load_checkpoint(path)
-    if "model" in checkpoint and "config" in checkpoint:  # one of ours
+    checkpoint = load_checkpoint(
+        path, trusted
+    )  # ours (any format) or another torch file; no code unless trusted
+    if isinstance(checkpoint, dict) and "model" in checkpoint and "config" in checkpoint:  # one of ours
         settings = checkpoint["config"]
         size = int(input_size or settings["data"]["input_size"])
         arch, sobel = str(settings["model"]["arch"]), bool(settings["model"]["sobel"])
@@ -60,7 +63,10 @@ def load_model(target: str | Path, input_size: int | None = None) -> LoadedModel
             backbone, arch, sobel, size, resize, None, settings["data"]["data"], None, mean, std
         )
     size = int(input_size or 224)
-    imported = import_deepcluster_checkpoint(path, input_size=size, trusted=True)
+    try:  # ours of an older format, or the released DeepCluster layout
+        imported = import_deepcluster_checkpoint(path, input_size=size, trusted=trusted)
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
     backbone = imported.model
     resize = default_resize(size)
     return LoadedModel(

@@ -30,7 +30,7 @@ from deepcluster.report.page import Section, config_block, evaluation_block, ren
 from deepcluster.report.picture import Picture
 from deepcluster.report.taps import check_taps, default_channels, default_taps
 from deepcluster.report.thumbnails import ThumbnailCache
-from deepcluster.storage import RunDir
+from deepcluster.storage import RunDir, RunLock
 
 
 @dataclass
@@ -91,14 +91,25 @@ def _embedder(
     return embed
 
 
-def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> Path:
-    """(Re)build `run_dir/report/index.html` and its pictures; returns the page's path. Thumbnails made by an
-    earlier build are reused."""
+def build_report(
+    run_dir: str | Path, options: ReportOptions | None = None, trust_checkpoint: bool = False
+) -> Path:
+    """(Re)build `run_dir/report/index.html` and its pictures, holding the run's lock; returns the page's path.
+    Thumbnails made by an earlier build are reused. `trust_checkpoint` loads a checkpoint of an older format
+    (whose full unpickle can run code)."""
     options = options or ReportOptions()
     run = RunDir(run_dir)
     if not run.config.is_file():
         raise ConfigError(f"report {run_dir}: no config.yaml there; is it a run directory?")
+    with RunLock(run.root, "report"):
+        return _build(run, options, trust_checkpoint)
+
+
+def _build(run: RunDir, options: ReportOptions, trust_checkpoint: bool) -> Path:
     config = load_config(run.config, strict=False)  # what the report shows needs no method's own section
+    model = None  # loaded first: a refused checkpoint stops the build before anything is written
+    if run.labels_csv.is_file() and run.has_checkpoint():
+        model = load_model(run.root, trusted=trust_checkpoint)
     out = run.root / "report"
     out.mkdir(parents=True, exist_ok=True)
     history = run.read_history()
@@ -109,8 +120,8 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> P
             note=f"{len(history)} epoch(s) of {config.method}; numbers per epoch from metrics.jsonl.",
         )
     ]
-    if run.labels_csv.is_file() and run.checkpoint.is_file():
-        sections += _network_sections(run, config, out, options)
+    if model is not None:
+        sections += _network_sections(run, config, out, options, model)
     evaluation = run.read_evaluation()
     if evaluation is not None:
         sections.append(Section("Evaluation", html=evaluation_block(evaluation)))
@@ -121,13 +132,14 @@ def build_report(run_dir: str | Path, options: ReportOptions | None = None) -> P
     return page
 
 
-def _network_sections(run: RunDir, config: TrainConfig, out: Path, options: ReportOptions) -> list[Section]:
+def _network_sections(
+    run: RunDir, config: TrainConfig, out: Path, options: ReportOptions, model: LoadedModel
+) -> list[Section]:
     """Cluster grids and filter pictures: they need the labels and the trained network."""
     table = run.read_labels()
     labels = table.labels[:, 0]
     source = open_source(config.data.data, split=config.data.split)
     true = None if source.labels is None else np.asarray(source.labels)[table.indices]
-    model = load_model(run.root)
     backbone = model.backbone.eval()
     view = ClusterView(model.input_size, model.mean, model.std)
     thumbs = ThumbnailCache(out / "thumbnails", source, options.thumbnail_size)

@@ -1,32 +1,73 @@
-"""Atomic writes (a file is either the old version or the complete new one, never half of each) and checkpoint
-files."""
+"""Atomic writes (a file is either the old version or the complete new one, never half of each); a write that
+fails raises `WriteFailed` naming the file, and leaves the old version in place."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import numpy as np
-import torch
+
+WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+)
+"""Errors of a write that the user can fix (space, quota, limits, permissions, the disk)."""
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+"""Errors that only a write gives."""
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+class WriteFailed(OSError):
+    """Writing a file failed: its errno, the file's (final) name, and the reason."""
+
+    def __str__(self) -> str:
+        return f"could not write {self.filename}: {self.strerror}"
+
+
+def atomic_write(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[bytes]], None],
+    before_replace: Callable[[], None] | None = None,
+) -> None:
+    """Call `write(file)` on a temporary file beside `path`, flush it to disk, then rename it over `path`
+    (`before_replace`, e.g. keeping the old file under another name, runs just before the rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp = None
+    except OSError as error:
+        if error.errno in WRITE_ERRNOS and not isinstance(error, WriteFailed):
+            raise WriteFailed(error.errno, error.strerror, str(path)) from error
         raise
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def sync_folder(folder: str | os.PathLike[str]) -> None:
+    """fsync a folder, so that renames in it survive a crash of the machine (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -37,17 +78,3 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 def atomic_save_numpy(path: str | os.PathLike[str], array: np.ndarray) -> None:
     """np.save atomically."""
     atomic_write(path, lambda handle: np.save(handle, array))
-
-
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """torch.save a checkpoint atomically."""
-    atomic_write(path, lambda handle: torch.save(state, handle))
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint written by `save_checkpoint` (on the CPU)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    # Our checkpoints hold NumPy arrays and RNG states besides tensors; only load files you trust.
-    return torch.load(path, map_location="cpu", weights_only=False)

@@ -7,7 +7,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from deepcluster.config import ConfigError
+from deepcluster.storage.checkpoints import load_run_checkpoint, rotate, save_checkpoint
 from deepcluster.storage.files import atomic_save_numpy, atomic_write_text
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
@@ -33,6 +34,31 @@ class RunDir:
     @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def previous_checkpoint(self) -> Path:
+        """The checkpoint before the last one (kept by every save)."""
+        return self.root / "checkpoints" / "previous.pt"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.exists() or self.previous_checkpoint.exists()
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Write checkpoints/last.pt atomically, the one it replaces kept as checkpoints/previous.pt."""
+        save_checkpoint(
+            self.checkpoint, state, before_replace=rotate(self.checkpoint, self.previous_checkpoint)
+        )
+
+    def load_checkpoint(self, trusted: bool = False, writable: bool = False) -> dict[str, Any]:
+        """The last checkpoint, or the previous one when the last is damaged (said in the log, with how far back
+        it goes). With `writable` (the caller holds the run), a damaged last.pt is set aside as
+        checkpoints/damaged.pt, and an older-format file loaded with `trusted` is rewritten in the current
+        format. Raises NoCheckpoint, DamagedCheckpoint (none readable) or UntrustedCheckpoint."""
+        return load_run_checkpoint(self.checkpoint, self.previous_checkpoint, trusted, writable)
 
     @property
     def metrics(self) -> Path:
@@ -88,13 +114,9 @@ class RunDir:
         """The run's labels.csv."""
         return read_labels_csv(self.labels_csv, option="")
 
-    def prepare(self, resume: bool) -> None:
-        """Create the folder and check it is writable; refuse to start a new run over an existing one."""
-        if not resume and self.checkpoint.exists():
-            raise ConfigError(
-                f"--out {self.root}: a run already exists there; resume it with --resume {self.root} "
-                "or choose another --out"
-            )
+    def prepare(self, resume: bool, lock: Callable[[], None] | None = None) -> None:
+        """Create the folder and check it is writable, then call `lock` (which takes the run's lock file); refuse
+        to start a new run over an existing one."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".write-test"
@@ -104,6 +126,13 @@ class RunDir:
             raise ConfigError(
                 f"--out {self.root}: cannot write there ({error.strerror or error}); choose a writable folder"
             ) from error
+        if lock is not None:
+            lock()
+        if not resume and self.has_checkpoint():
+            raise ConfigError(
+                f"--out {self.root}: a run already exists there; resume it with --resume {self.root} "
+                "or choose another --out"
+            )
 
     def write_metrics(self, history: Sequence[dict[str, Any]]) -> None:
         """Rewrite metrics.jsonl from the full history (kept in the checkpoint, so a resume stays consistent)."""
