@@ -15,7 +15,7 @@ FLOORS: list[tuple[str, ...]] = [  # bottom up; a part may import only from the 
     ("data", "models", "cluster"),  # each knows nothing of the others
     ("methods",),
     ("engine",),
-    ("evaluate",),
+    ("evaluate", "use"),  # judging a run; using it (load, embed, assign, search, export)
     ("report",),
     ("api",),  # the public Python API
     ("cli", "__init__"),  # the command line and the package's own names

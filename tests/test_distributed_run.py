@@ -23,7 +23,7 @@ from deepcluster.config import apply_overrides
 from deepcluster.engine.distributed import Processes, shard_range
 from deepcluster.methods import build_method
 from deepcluster.seeding import derive_seed
-from deepcluster.storage import load_checkpoint
+from deepcluster.storage import RunDir, load_checkpoint
 from synthetic import write_pattern_npz
 
 N_IMAGES = 160
@@ -81,14 +81,22 @@ def _check_complete(run: Path, epochs: int, done: subprocess.CompletedProcess[st
     assert len(checkpoint["rng_ranks"]) == 2
 
 
-def _single_process_labels(run: Path, epoch: int, step: int, **cluster: object) -> np.ndarray:
-    """The labels one process assigns to the run's saved features (those of its last assignment)."""
+def _single_process_labels(run: Path, **cluster: object) -> np.ndarray:
+    """The labels one process assigns to the run's saved features: those of its final assignment (after the
+    last of its 2 epochs), whose labels are the method's `predict` rule (labels.csv)."""
     config = load_config(run / "config.yaml")
     if cluster:
         config = apply_overrides(config, {"cluster": cluster})
-    key = (epoch,) if step == 0 else (epoch, step)
+    key = ("final", 2)
     features = np.load(run / "features.npy")
-    return build_method(config).assign(features, seed=derive_seed(SEED, "assign", *key)).labels
+    method = build_method(config)
+    return method.final(features, method.assign(features, seed=derive_seed(SEED, "assign", *key))).labels
+
+
+def _labels_csv(run: Path) -> np.ndarray:
+    """labels.csv's label columns, [N] for one."""
+    table = RunDir(run).read_labels()
+    return table.labels[:, 0] if table.labels.shape[1] == 1 else table.labels
 
 
 def test_process_batches_together_are_the_batch() -> None:
@@ -107,8 +115,8 @@ def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_pat
     done = _train(data, whole, "--distributed-kmeans")
     _check_complete(whole, 2, done)
     # The distributed k-means (PCA and Lloyd over the processes' shards) is the single-process torch k-means.
-    last = np.load(whole / "labels" / "epoch_001.npy")
-    np.testing.assert_array_equal(last, _single_process_labels(whole, 1, 0, kmeans_backend="torch"))
+    last = _labels_csv(whole)
+    np.testing.assert_array_equal(last, _single_process_labels(whole, kmeans_backend="torch"))
     assert np.bincount(last, minlength=8).min() >= 1
 
     _train(data, broken, "--distributed-kmeans", epochs=1)
@@ -121,25 +129,20 @@ def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("method", "extra", "last_update"),
+    ("method", "extra"),
     [
-        ("sela", ["--set", "sela.heads=2"], (1, STEPS_PER_EPOCH)),
-        (
-            "deepercluster",
-            ["--set", "deepercluster.super_clusters=2", "--set", "cluster.recluster_every=1"],
-            (1, 0),
-        ),
+        ("sela", ["--set", "sela.heads=2"]),
+        ("deepercluster", ["--set", "deepercluster.super_clusters=2", "--set", "cluster.recluster_every=1"]),
     ],
 )
 def test_method_on_two_processes_agrees_with_one(
-    data: Path, tmp_path: Path, method: str, extra: list[str], last_update: tuple[int, int]
+    data: Path, tmp_path: Path, method: str, extra: list[str]
 ) -> None:
     run = tmp_path / method
     done = _train(data, run, "--method", method, *extra)
     _check_complete(run, 2, done)
     # Values extracted shard by shard and gathered, then assigned by the main process: the single-process labels.
-    last = np.load(run / "labels" / "epoch_001.npy")
-    np.testing.assert_array_equal(last, _single_process_labels(run, *last_update))
+    np.testing.assert_array_equal(_labels_csv(run), _single_process_labels(run))
 
 
 def test_a_single_process_run_sets_up_nothing_distributed(data: Path, tmp_path: Path) -> None:
@@ -195,7 +198,7 @@ def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
     )
     heads.load_state_dict(checkpoint["heads"])
     one.load_state_dict(checkpoint["method"])
-    alone = one.assign_stored(derive_seed(SEED, "assign", 1, STEPS_PER_EPOCH), heads, last=True)
+    alone = one.assign_stored(derive_seed(SEED, "assign", "final", 2), heads, last=True)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert history[1]["label_updates"] == 2 and history[1]["seconds_extract"] == 0  # no pass over the data
-    np.testing.assert_array_equal(np.load(run / "labels" / "epoch_001.npy"), alone.labels)
+    assert history[1]["label_updates"] == 1 and history[1]["seconds_extract"] == 0  # no pass over the data
+    np.testing.assert_array_equal(_labels_csv(run), alone.labels)  # the final labels, from the bank too

@@ -18,7 +18,7 @@ from deepcluster.data.sources import DataError
 from deepcluster.engine.trainer import Trainer, TrainingDiverged, resume, train
 from deepcluster.models import ClassifierHead
 from deepcluster.seeding import derive_seed, torch_generator
-from deepcluster.storage import load_checkpoint
+from deepcluster.storage import RunDir, load_checkpoint
 from synthetic import SIZE, assert_same_run, pattern_images, small_config, write_pattern_npz
 
 METRIC_KEYS = {"epoch", "loss", "kmeans_loss", "nmi_prev", "nmi_true", "ari_true", "n_empty", "seconds"}
@@ -72,8 +72,7 @@ def test_two_epochs_on_a_folder_write_the_whole_run_directory(tmp_path: Path) ->
     assert records[0]["nmi_prev"] is None and 0 <= records[1]["nmi_prev"] <= 1
 
     labels = [np.load(out / "labels" / f"epoch_{e:03d}.npy") for e in range(2)]
-    assert np.array_equal(labels[1], result.labels)
-    assert np.bincount(result.labels, minlength=8).min() > 0  # no empty cluster reached training
+    assert np.bincount(labels[1], minlength=8).min() > 0  # no empty cluster reached training
 
     with (out / "labels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -133,7 +132,7 @@ def test_runs_with_the_same_seed_agree_and_another_seed_differs(
     npz_data: Path, unbroken_run: Path, tmp_path: Path
 ) -> None:
     again = train(small_config(npz_data, tmp_path / "again"))
-    assert np.array_equal(again.labels, np.load(unbroken_run / "labels" / "epoch_001.npy"))
+    assert np.array_equal(again.labels, RunDir(unbroken_run).read_labels().labels[:, 0])
     other = train(small_config(npz_data, tmp_path / "other", run={"seed": 4, "epochs": 1}))
     assert not np.array_equal(other.labels, np.load(unbroken_run / "labels" / "epoch_000.npy"))
 

@@ -56,6 +56,14 @@ def resume(run_dir: str, epochs: int | None = None, **run_overrides: Any) -> Run
     return api.resume(run_dir, epochs=epochs, **run_overrides)
 
 
+def load(run_dir: Any, device: str = "auto", trust_checkpoint: bool = False) -> Any:
+    """A trained run: its network in eval mode and `embed(images)`, `assign(images)`; see
+    `deepcluster.use.run.load`."""
+    from deepcluster import api
+
+    return api.load(run_dir, device=device, trust_checkpoint=trust_checkpoint)
+
+
 __all__ = [
     "ConfigError",
     "TrainConfig",
@@ -63,6 +71,7 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "dump_config",
+    "load",
     "load_config",
     "preset_config",
     "resume",

@@ -73,3 +73,10 @@ def _with_report(result: RunResult, trust_checkpoint: bool = False) -> RunResult
         return result
     log.info("report: %s (%.0f s)", page, time.perf_counter() - started)
     return result
+
+
+def load(run_dir: str | Path, device: str = "auto", trust_checkpoint: bool = False) -> Any:
+    """A trained run (`deepcluster.use.run.TrainedRun`): its network, `embed`, `assign`; see `use.run.load`."""
+    from deepcluster.use.run import load as _load
+
+    return _load(run_dir, device=device, trust_checkpoint=trust_checkpoint)

@@ -274,7 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(commands, METHODS)
     _add_evaluate_parser(commands)
     _add_report_parser(commands)
+    for add_parser, _ in _use_commands().values():
+        add_parser(commands)
     return parser
+
+
+def _use_commands() -> dict[str, Any]:
+    """The commands on a trained run (embed, assign, ...): deepcluster.use.commands.COMMANDS."""
+    from deepcluster.use.commands import COMMANDS
+
+    return COMMANDS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_evaluate(args)
         if args.command == "report":
             return _run_report(args)
+        if args.command in _use_commands():
+            return _use_commands()[args.command][1](args)
     except (ConfigError, DataError) as error:
         print(f"deepcluster: error: {error}", file=sys.stderr)
         return 2

@@ -91,6 +91,24 @@ class LabelPhase:
             self.method.update_heads(self.nets.heads, assignment)
         log.info("epoch %d step %d: labels assigned (%s)", epoch, state.step, format_stats(record))
 
+    def final_aside(self, state: LoopState) -> Assignment | None:
+        """The run's final assignment, of the network as it stands at the end (or where the time budget stopped
+        it), for labels.csv and RUN/assigner.pt only: its labels are the method's `predict` rule, which then
+        puts new images into the same clusters. The loop state is left as it is, so that a resume for more
+        epochs continues the unbroken run. None for a method whose labels are given."""
+        if not isinstance(self.method, ExtractingMethod):
+            return None
+        seed = derive_seed(self.config.run.seed, "assign", "final", state.epoch)
+        assignment = self._stored(seed, last=True)  # v2 with final_labels=bank: the bank, no pass
+        if assignment is None:
+            assignment = self._assign(self._extract(state, state.epoch), seed=seed, last=True)
+        if self.procs.is_main and self.data.true_labels is not None:
+            log.info(
+                "labels.csv from the trained network after %d epoch(s): %s", state.epoch,
+                format_stats(label_metrics(state.labels, assignment.labels, self.data.true_labels)),
+            )  # fmt: skip
+        return assignment
+
     def _method(self) -> ExtractingMethod:
         if not isinstance(self.method, ExtractingMethod):
             raise RuntimeError(f"method {self.method.name} gives its labels once and cannot assign new ones")
@@ -130,34 +148,37 @@ class LabelPhase:
             self.diverged("the clustering features became NaN or infinite")
         return features
 
-    def _assign(self, shard: np.ndarray, seed: int) -> Assignment:
+    def _assign(self, shard: np.ndarray, seed: int, last: bool = False) -> Assignment:
         """Labels of every image from this process's extracted rows: the method's assignment on the gathered
-        values (computed by the main process and broadcast), or its distributed assignment on the shards."""
+        values (computed by the main process and broadcast), or its distributed assignment on the shards. The
+        `last` update's labels are the method's `predict` rule on the gathered values (`ExtractingMethod.final`),
+        so that assigning the same images later gives them again."""
         cfg, procs, method = self.config, self.procs, self._method()
         n = self.images.shape[0]
         sharded = procs.distributed and cfg.cluster.distributed_kmeans
         features = None
-        if not sharded or cfg.run.save_features:
+        if not sharded or cfg.run.save_features or last:
             features = procs.gather_rows(shard, n, self.resources.allocate_features)
         assignment = None
         if sharded:
             assignment = method.assign_sharded(shard, seed, procs)
         elif features is not None:  # the main process (or the only one)
             assignment = method.assign(features, seed)
+        if last and features is not None and assignment is not None:
+            assignment = method.final(features, assignment)
         if features is not None and cfg.run.save_features:
             atomic_save_numpy(self.resources.run_dir.features, features)
         spilled = {Path(a.filename) for a in (features, shard) if isinstance(a, np.memmap)}
         del features, shard
         for path in spilled:  # a spilled file is removed as soon as it has served
             path.unlink(missing_ok=True)
-        if procs.distributed and not sharded:
-            labels = procs.broadcast_array(None if assignment is None else assignment.labels)
+        if procs.distributed and (not sharded or last):  # the main process's labels (the final ones) for all
+            mine = assignment if procs.is_main else None
+            labels = procs.broadcast_array(None if mine is None else mine.labels)
             summary = procs.broadcast_object(
-                None if assignment is None else (assignment.n_classes, assignment.stats, assignment.state)
+                None if mine is None else (mine.n_classes, mine.stats, mine.state)
             )
-            assignment = assignment or Assignment(
-                labels, n_classes=summary[0], stats=summary[1], state=summary[2]
-            )
+            assignment = Assignment(labels, n_classes=summary[0], stats=summary[1], state=summary[2])
         assert assignment is not None
         return assignment
 

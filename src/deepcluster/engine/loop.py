@@ -75,12 +75,15 @@ class Trainer(Session):
                 self._train_epoch(epoch)
                 self._finish_epoch(epoch)
                 self.save()
-            labels = self.state.labels
+            final = self.labeller.final_aside(self.state)  # labels.csv: the trained network's clusters
+            labels, assigner = (self.state.labels, None) if final is None else (final.labels, final.state)
             assert labels is not None
             if self.procs.is_main:
                 data = self.data
                 names = [data.name_of(int(i)) for i in data.indices]
                 self.run_dir.write_labels_csv(data.indices, names, labels, data.true_labels)
+                if assigner is not None:
+                    self.run_dir.write_assigner(self.config.method, assigner)
             log.info("finished: %s", json.dumps(self.state.history[-1]) if self.state.history else "no epoch")
             return RunResult(
                 self.run_dir.root, labels, self.data.indices, self.state.history, self.backbone, self.config

@@ -20,6 +20,7 @@ from torch import nn
 from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig
 from deepcluster.data.samplers import uniform_cluster_sample
 from deepcluster.data.views import TrainView
+from deepcluster.methods.predict import Prediction
 from deepcluster.models import channels_last
 
 BLUR_MIN_SIZE = 96
@@ -201,6 +202,26 @@ class ExtractingMethod(Method):
     shards_assignment: ClassVar[bool] = False
     """`assign_sharded` exists: under torchrun, labels can be assigned from the processes' shards of the
     extracted values without gathering them (`cluster.distributed_kmeans`)."""
+
+    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
+        """Labels of images from their extracted `values` [N, D] by the rule of the assignment that left
+        `state` (the run's final assignment: RUN/assigner.pt), without changing it: nearest centroid, largest
+        transport score. The final assignment's labels (labels.csv) are this rule on the training images'
+        values. Default: not possible."""
+        raise NotImplementedError(f"method {self.name} cannot put new images into its clusters")
+
+    def final(self, values: np.ndarray, assignment: Assignment) -> Assignment:
+        """The final assignment with its labels made by `predict` (they may differ from the assigner's
+        own for the few points its last iteration or empty-cluster repair moved); unchanged when `predict` is
+        not possible."""
+        try:
+            prediction = self.predict(values, assignment.state)
+        except NotImplementedError:
+            return assignment
+        labels = prediction.labels if assignment.labels.ndim == 2 else prediction.labels[:, 0]
+        moved = int(np.any((labels != assignment.labels).reshape(len(labels), -1), axis=1).sum())
+        stats = {**assignment.stats, "final_moved": moved}
+        return Assignment(labels=labels, n_classes=assignment.n_classes, stats=stats, state=assignment.state)
 
     @abstractmethod
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:

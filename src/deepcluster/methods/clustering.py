@@ -47,10 +47,9 @@ def fit_clustering(
     return dataclasses.replace(config, cluster=dataclasses.replace(settings, pca_dim=allowed))
 
 
-def whitened(features: np.ndarray, settings: ClusterConfig, seed: int) -> np.ndarray:
-    """The features PCA-whitened (and L2-normalised) as `settings` asks, the PCA fitted with `seed`."""
-    pca = PCAWhitening(dim=settings.pca_dim).fit(features, sample_size=settings.pca_sample, seed=seed)
-    return pca.apply(features)
+def fit_whitening(features: np.ndarray, settings: ClusterConfig, seed: int) -> PCAWhitening:
+    """The PCA-whitening (and L2-normalisation) `settings` asks for, fitted on `features` with `seed`."""
+    return PCAWhitening(dim=settings.pca_dim).fit(features, sample_size=settings.pca_sample, seed=seed)
 
 
 def kmeans_fit(settings: ClusterConfig, device: torch.device) -> KMeansFit:

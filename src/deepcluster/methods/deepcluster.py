@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.cluster import KMeansResult
+from deepcluster.cluster import KMeansResult, PCAWhitening
 from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
 from deepcluster.config import TrainConfig
 from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup
-from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whitened
+from deepcluster.methods.clustering import fit_clustering, fit_whitening, kmeans_fit
+from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state, stack
 from deepcluster.models import ClassifierHead
 
 
@@ -30,8 +33,12 @@ class DeepCluster(ExtractingMethod):
 
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
-        reduced = whitened(features, settings, seed)
-        return _assignment(kmeans_fit(settings, self.device)(reduced, settings.k, seed))
+        pca = fit_whitening(features, settings, seed)
+        return _assignment(kmeans_fit(settings, self.device)(pca.apply(features), settings.k, seed), pca)
+
+    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
+        """The nearest centroid (squared L2) of the features whitened by the assignment's PCA."""
+        return stack([nearest(pca_apply(state, values), state["centroids"])], "distance")
 
     def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
         """The PCA (covariance all-reduced) and torch k-means (sums and counts all-reduced) of `assign` with
@@ -42,14 +49,14 @@ class DeepCluster(ExtractingMethod):
         result = distributed_kmeans(
             pca.apply(shard), settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device
         )
-        return _assignment(result)
+        return _assignment(result, pca)
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         return ClassifierHead(feature_dim, assignment.n_classes, generator=generator)
 
 
-def _assignment(result: KMeansResult) -> Assignment:
-    """k-means labels with their statistics (and centroids, kept with the run)."""
+def _assignment(result: KMeansResult, pca: PCAWhitening) -> Assignment:
+    """k-means labels with their statistics (and the whitening and centroids that `predict` reapplies)."""
     k = result.centroids.shape[0]
     sizes = np.bincount(result.labels, minlength=k)
     return Assignment(
@@ -61,5 +68,5 @@ def _assignment(result: KMeansResult) -> Assignment:
             "smallest": int(sizes.min()),
             "largest": int(sizes.max()),
         },
-        state={"centroids": result.centroids},
+        state={"centroids": result.centroids, **pca_state(pca)},
     )

@@ -10,6 +10,7 @@ the loss is the sum of the two cross-entropies. Labels are computed on unrotated
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from deepcluster.config.options import positive
 from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample
 from deepcluster.methods.base import Assignment, ExtractingMethod
-from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whitened
+from deepcluster.methods.clustering import fit_clustering, fit_whitening, kmeans_fit
+from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state, stack
 from deepcluster.models import HierarchicalHead
 
 
@@ -88,15 +90,35 @@ class DeeperCluster(ExtractingMethod):
 
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
-        reduced = whitened(features, settings, seed)
+        pca = fit_whitening(features, settings, seed)
         fit = kmeans_fit(settings, self.device)
-        result = hierarchical_kmeans(reduced, self.n_super, settings.k, seed, fit)
+        result = hierarchical_kmeans(pca.apply(features), self.n_super, settings.k, seed, fit)
         return Assignment(
             labels=result.labels,
             n_classes=settings.k,
             stats={**result.stats(), "n_super": self.n_super},
-            state={"centroids": result.centroids, "super_centroids": result.super_centroids},
+            state={
+                "centroids": result.centroids,
+                "super_centroids": result.super_centroids,
+                **pca_state(pca),
+            },
         )
+
+    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
+        """The nearest super-centroid, then the nearest sub-centroid inside it (squared L2, whitened features);
+        the runner-up is the second sub-cluster of the same super-cluster."""
+        points = pca_apply(state, values)
+        supers = nearest(points, state["super_centroids"])[0]
+        k_sub, centroids = self.k_sub, state["centroids"]
+        columns = [
+            np.zeros(len(points), dtype=dtype) for dtype in (np.int64, np.float64, np.int64, np.float64)
+        ]
+        for s in np.unique(supers):
+            rows = np.flatnonzero(supers == s)
+            found = nearest(points[rows], centroids[s * k_sub : (s + 1) * k_sub])
+            for column, part, offset in zip(columns, found, (s * k_sub, 0, s * k_sub, 0), strict=True):
+                column[rows] = part + offset
+        return stack([tuple(columns)], "distance")
 
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return hierarchical_cluster_sample(labels, self.k_sub, n_samples, seed=seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig, option
 from deepcluster.config.options import number, one_of, positive, positive_or_none
 from deepcluster.data.samplers import shuffled_sample
 from deepcluster.methods.base import Assignment, ExtractingMethod
+from deepcluster.methods.predict import Prediction, stack, transport
 from deepcluster.models import MultiHead
 from deepcluster.seeding import derive_seed
 
@@ -150,6 +152,7 @@ class SeLa(ExtractingMethod):
         return Assignment(
             labels=labels,
             n_classes=k,
+            state={"log_beta": np.stack([r.log_beta for r in results]), "lam": self.lam},
             stats={
                 "sinkhorn_loss": float(np.mean([r.cross_entropy for r in results])),
                 "sinkhorn_iters": float(np.mean([r.iterations for r in results])),
@@ -159,6 +162,14 @@ class SeLa(ExtractingMethod):
                 "largest": int(sizes.max()),
             },
         )
+
+    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
+        """Each head's Sinkhorn rule with the assignment's column scaling: argmax of lam * log p + log beta (the
+        labels the equal-size transport gives, for any number of images); the score is the plan's probability."""
+        log_beta = state["log_beta"]
+        per_head = values.reshape(len(values), len(log_beta), -1)
+        columns = [transport(per_head[:, h], float(state["lam"]), log_beta[h]) for h in range(len(log_beta))]
+        return stack(columns, "probability")
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         return multi_head_for(feature_dim, assignment, generator)

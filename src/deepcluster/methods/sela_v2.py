@@ -52,7 +52,7 @@ class SelaV2(V2Method):
         return (
             result.labels,
             prototypes.numpy(),
-            {"sinkhorn_iters": float(result.iterations), "n_empty": n_empty},
+            {"sinkhorn_iters": float(result.iterations), "n_empty": n_empty, "log_beta": result.log_beta},
         )
 
     def update_heads(self, heads: nn.Module, assignment: Any) -> None:

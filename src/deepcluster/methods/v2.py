@@ -26,6 +26,7 @@ from deepcluster.config.options import number, one_of, ordered_pair, positive, w
 from deepcluster.data.samplers import shuffled_sample
 from deepcluster.data.views import MultiCropView
 from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup, augment_view
+from deepcluster.methods.predict import Prediction, most_similar, stack, transport
 from deepcluster.models import PrototypeHead, channels_last, takes_any_input_size
 
 LABEL_SOURCES = ("bank", "pass")
@@ -159,11 +160,6 @@ class V2Method(ExtractingMethod):
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return shuffled_sample(labels.shape[0], n_samples, seed=seed)
 
-    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
-        """At the start of every `cluster.recluster_every`-th epoch, and once more after the last step (from the
-        bank, at the cost of a clustering only), so that labels.csv holds the trained network's clusters."""
-        return [*super().label_update_steps(steps_per_epoch, epochs), steps_per_epoch * epochs]
-
     # ------------------------------------------------------------ bank
     def observe(
         self, rows: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor], processes: ProcessGroup
@@ -210,11 +206,29 @@ class V2Method(ExtractingMethod):
         stats: dict[str, Any] = {"n_empty": int(sum(r[2].get("n_empty", 0) for r in results))}
         stats["n_empty_sets"] = [int(r[2].get("n_empty", 0)) for r in results]
         stats.update(smallest=int(sizes.min()), largest=int(sizes.max()))
+        state: dict[str, Any] = {"centroids": np.stack([c for _, c, _ in results])}
+        if "log_beta" in results[0][2]:  # labels by transport: its column scaling labels new images too
+            state["log_beta"] = np.stack([r[2].pop("log_beta") for r in results])
+            state["epsilon"] = float(self.config.section(self.section()).epsilon)
         for key in results[0][2]:
             if key != "n_empty":
                 stats[key] = float(np.mean([r[2][key] for r in results]))
-        centroids = np.stack([c for _, c, _ in results])
-        return Assignment(labels=labels, n_classes=k, stats=stats, state={"centroids": centroids})
+        return Assignment(labels=labels, n_classes=k, stats=stats, state=state)
+
+    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
+        """Each set's nearest prototype by cosine (DeepCluster-v2's centroids), or, where the labels came from a
+        transport (SeLa-v2), its rule on the scores / epsilon with the set's column scaling."""
+        z = values.astype(np.float64)
+        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+        centroids, columns = state["centroids"], []
+        for s in range(len(centroids)):
+            if "log_beta" in state:
+                scores = z @ centroids[s].astype(np.float64).T / float(state["epsilon"])
+                log_probs = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
+                columns.append(transport(log_probs, 1.0, state["log_beta"][s]))
+            else:
+                columns.append(most_similar(z, centroids[s]))
+        return stack(columns, "probability" if "log_beta" in state else "similarity")
 
     @abstractmethod
     def assign_bank(self, bank: np.ndarray, index: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from deepcluster.config import ConfigError
-from deepcluster.storage.checkpoints import load_run_checkpoint, rotate, save_checkpoint
+from deepcluster.storage.checkpoints import load_checkpoint, load_run_checkpoint, rotate, save_checkpoint
 from deepcluster.storage.files import atomic_save_numpy, atomic_write_text
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
@@ -39,6 +39,18 @@ class RunDir:
     def previous_checkpoint(self) -> Path:
         """The checkpoint before the last one (kept by every save)."""
         return self.root / "checkpoints" / "previous.pt"
+
+    @property
+    def assigner(self) -> Path:
+        """What puts new images into the run's clusters (centroids, PCA, transport scaling)."""
+        return self.root / "assigner.pt"
+
+    def write_assigner(self, method: str, state: dict[str, Any]) -> None:
+        save_checkpoint(self.assigner, {"method": method, "state": state}, info={"kind": "assigner"})
+
+    def read_assigner(self, trusted: bool = False) -> dict[str, Any] | None:
+        """{"method", "state"} of assigner.pt, or None when the run has none (label transfer, older runs)."""
+        return load_checkpoint(self.assigner, trusted) if self.assigner.is_file() else None
 
     @property
     def lock_file(self) -> Path:
