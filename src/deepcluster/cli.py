@@ -25,11 +25,7 @@ from deepcluster.config import (
     section_options,
 )
 from deepcluster.methods import METHODS, MethodRegistry
-
-_TRUST_HELP = (
-    "load checkpoints that need a full unpickle (written by an older deepcluster); it can run code from the "
-    "file: only for files you trust"
-)
+from deepcluster.storage import TRUST_HELP
 
 
 def _section_classes(methods: MethodRegistry) -> dict[str, type]:
@@ -89,7 +85,7 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
         help="set any option, e.g. --set optim.schedule=cosine (repeatable)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
-    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -183,7 +179,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", help="JSON output (default: RUN/evaluation.json)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -210,7 +206,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="also the paper's gradient-ascent filter pictures (slow)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trust-checkpoint", action="store_true", help=_TRUST_HELP)
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -292,9 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
     terminal = logging.StreamHandler()
-    terminal.setLevel(
-        level
-    )  # the run's log file takes INFO from the same logger; -q quiets the terminal only
+    # The run's log file takes INFO from the same logger: -q quiets the terminal only.
+    terminal.setLevel(level)
     terminal.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[terminal])
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build loaded is not news

@@ -28,8 +28,6 @@ checksum before faiss reads a byte; `stale_reason` says whether an index still f
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,15 @@ from scipy.sparse.csgraph import connected_components
 
 from deepcluster.cluster.preprocess import as_float32_matrix
 from deepcluster.config import ConfigError
-from deepcluster.storage.files import atomic_write
+from deepcluster.storage.framed import (
+    HEADER_SIZE,
+    FrameError,
+    PayloadSink,
+    check_length,
+    parse_header,
+    verified_payload,
+    write_framed,
+)
 
 KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX_VECTORS = 50_000  # "auto": exact up to this many vectors, IVF above
@@ -51,8 +57,7 @@ HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 40, 64
 DUPLICATE_THRESHOLD = 0.95  # cosine from which two embeddings count as copies of one image
 DUPLICATE_NEIGHBOURS = 16  # neighbours per vector that duplicate_groups examines on an approximate index
 
-FILE_FORMAT, MAGIC, HEADER_SIZE = 1, b"DEEPCLUSTER-INDEX\n", 4096
-_CHUNK_BYTES = 1 << 22
+FILE_FORMAT, MAGIC = 1, b"DEEPCLUSTER-INDEX\n"
 _NORM_TOLERANCE = 1e-2  # |norm - 1| allowed (float16 embeddings cast to float32 stay inside it)
 _RANGE_RESULTS = 1 << 24  # query rows per exact range search: at most this many (query, vector) pairs
 _KNN_ROWS = 4096  # query rows per k-NN search in duplicate_groups
@@ -175,69 +180,61 @@ def search(
 def save_index(index: faiss.Index, path: str | Path) -> None:
     """Write `index` to `path` atomically (a temporary file beside it, then a rename); a failed write leaves
     the old file and raises `storage.WriteFailed` for the errors a user can fix (space, permissions)."""
-    kind = kind_of(index)
+    fields = {"format": FILE_FORMAT, "kind": kind_of(index), "n": int(index.ntotal), "dim": int(index.d)}
 
-    def write(handle: IO[bytes]) -> None:
-        digest, size = hashlib.sha256(), [0]
-
-        def put(data: bytes) -> None:
-            handle.write(data)
-            digest.update(data)
-            size[0] += len(data)
-
-        handle.write(bytes(HEADER_SIZE))
-        writer = faiss.PyCallbackIOWriter(put)
+    def payload(sink: PayloadSink) -> None:
+        writer = faiss.PyCallbackIOWriter(sink.write)
         faiss.write_index(index, writer)
         del writer  # flushes what it holds
-        header = {"format": FILE_FORMAT, "kind": kind, "n": int(index.ntotal), "dim": int(index.d)}
-        header.update(payload_bytes=size[0], sha256=digest.hexdigest(), faiss=faiss.__version__)
-        handle.seek(0)
-        handle.write((MAGIC + json.dumps(header).encode() + b"\n").ljust(HEADER_SIZE, b" "))
-        handle.seek(0, 2)
 
-    atomic_write(path, write)
+    write_framed(path, MAGIC, {**fields, "faiss": faiss.__version__}, payload)
+
+
+def _header(path: Path, head: bytes) -> tuple[IndexInfo, dict]:
+    """The index file's header fields, checked (DamagedIndex)."""
+    try:
+        fields = parse_header(head, MAGIC)
+        if fields is None:
+            raise DamagedIndex(f"{path} is not an index file written by deepcluster (no header); rebuild it")
+        fmt, kind, n, dim = int(fields["format"]), str(fields["kind"]), int(fields["n"]), int(fields["dim"])
+        info = IndexInfo(kind, n, dim, int(fields["length"]), str(fields["sha256"]))
+    except (FrameError, ValueError, KeyError, TypeError) as error:
+        raise DamagedIndex(f"{path}: the header is damaged ({error}); rebuild the index") from None
+    if fmt != FILE_FORMAT:
+        raise DamagedIndex(f"{path}: index file format {fmt}, this version reads {FILE_FORMAT}; rebuild it")
+    return info, fields
+
+
+def _open(path: Path) -> IO[bytes]:
+    try:
+        return path.open("rb")
+    except FileNotFoundError:
+        raise MissingIndex(f"no index file at {path}; build the index first") from None
 
 
 def read_index_info(path: str | Path) -> IndexInfo:
     """The header of an index file, without reading the index (MissingIndex, DamagedIndex)."""
     path = Path(path)
+    with _open(path) as handle:
+        info, fields = _header(path, handle.read(HEADER_SIZE))
     try:
-        with path.open("rb") as handle:
-            head, size = handle.read(HEADER_SIZE), path.stat().st_size
-    except FileNotFoundError:
-        raise MissingIndex(f"no index file at {path}; build the index first") from None
-    if not head.startswith(MAGIC):
-        raise DamagedIndex(f"{path} is not an index file written by deepcluster (no header); rebuild it")
-    try:
-        fields = json.loads(head[len(MAGIC) :].split(b"\n", 1)[0])
-        fmt, kind, n, dim = int(fields["format"]), str(fields["kind"]), int(fields["n"]), int(fields["dim"])
-        info = IndexInfo(kind, n, dim, int(fields["payload_bytes"]), str(fields["sha256"]))
-    except (ValueError, KeyError, TypeError) as error:
-        raise DamagedIndex(f"{path}: the header is damaged ({error}); rebuild the index") from None
-    if fmt != FILE_FORMAT:
-        raise DamagedIndex(f"{path}: index file format {fmt}, this version reads {FILE_FORMAT}; rebuild it")
-    if size != HEADER_SIZE + info.payload_bytes:
-        raise DamagedIndex(
-            f"{path} is truncated or damaged: {size} bytes, the header says "
-            f"{HEADER_SIZE + info.payload_bytes}; rebuild the index"
-        )
+        check_length(path, fields)
+    except FrameError as error:
+        raise DamagedIndex(f"{path} is {error}; rebuild the index") from None
     return info
 
 
 def load_index(path: str | Path) -> faiss.Index:
     """The index saved at `path`; MissingIndex or DamagedIndex (length, checksum, faiss's parse) otherwise."""
     path = Path(path)
-    info = read_index_info(path)
-    with path.open("rb") as handle:
-        handle.seek(HEADER_SIZE)
-        digest = hashlib.sha256()
-        while chunk := handle.read(_CHUNK_BYTES):
-            digest.update(chunk)
-        if digest.hexdigest() != info.sha256:
-            raise DamagedIndex(f"{path} is damaged (its checksum does not match); rebuild the index")
-        handle.seek(HEADER_SIZE)
+    with _open(path) as handle:
+        info, fields = _header(path, handle.read(HEADER_SIZE))
         try:
-            index = faiss.read_index(faiss.PyCallbackIOReader(handle.read))
+            payload = verified_payload(handle, path, fields)
+        except FrameError as error:
+            raise DamagedIndex(f"{path} is damaged ({error}); rebuild the index") from None
+        try:
+            index = faiss.read_index(faiss.PyCallbackIOReader(payload.read))
         except RuntimeError as error:
             raise DamagedIndex(f"{path}: faiss cannot read the index ({error}); rebuild it") from None
     if (index.ntotal, index.d) != (info.n, info.dim) or kind_of(index) != info.kind:

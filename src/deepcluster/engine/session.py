@@ -108,10 +108,10 @@ class Session:
                 "its config.yaml", cfg.run.out,
             )  # fmt: skip
         procs, device = self.procs, self.precision.device
-        if (
-            procs.is_main and not self.resume
-        ):  # at once: a run killed while decoding can be resumed (restarted)
-            atomic_write_text(self.run_dir.config, dump_config(cfg))
+        if procs.is_main and not self.resume:
+            atomic_write_text(
+                self.run_dir.config, dump_config(cfg)
+            )  # now: a run killed while decoding resumes
         self.progress = cfg.run.progress and procs.is_main
         if not self.resume:
             seed_everything(cfg.run.seed)

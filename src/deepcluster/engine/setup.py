@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import torch
 
 from deepcluster.config import SMALL_INPUT_LIMIT, ConfigError, TrainConfig, default_resize
 from deepcluster.data.sources import ImageSource
 from deepcluster.engine.device import resolve_device, resolve_precision
-from deepcluster.engine.distributed import launched_by_torchrun, process_device
+from deepcluster.engine.distributed import launched_by_torchrun, process_device, world_size
 from deepcluster.methods import ExtractingMethod, Method
 
 log = logging.getLogger("deepcluster")
@@ -54,11 +53,6 @@ def resolve_config(
     run.device = str(device)
     run.precision = resolve_precision(config.run.precision, device)
     return dataclasses.replace(config, data=data, model=model, run=run)
-
-
-def world_size() -> int:
-    """The number of processes torchrun started (1 without it)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def check_data_size(

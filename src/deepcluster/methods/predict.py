@@ -46,7 +46,7 @@ def pca_apply(state: dict[str, Any], values: np.ndarray) -> np.ndarray:
     return pca.apply(values)
 
 
-def _top2(scores: np.ndarray, largest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def top2(scores: np.ndarray, largest: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Best and second-best column of every row of `scores` [N, K] (ties: the smallest id, as argmax)."""
     signed = scores if largest else -scores
     first = np.argmax(signed, axis=1)
@@ -65,12 +65,12 @@ def nearest(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, ...]
     x, c = points.astype(np.float64), centroids.astype(np.float64)
     distances = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]
     distances[:, np.isnan(c).any(axis=1)] = np.inf  # sub-clusters that never had a point
-    return _top2(np.maximum(distances, 0.0), largest=False)
+    return top2(np.maximum(distances, 0.0), largest=False)
 
 
 def most_similar(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, ...]:
     """Largest and second-largest inner product of each (unit) point with the (unit) centroids."""
-    return _top2(points.astype(np.float64) @ centroids.astype(np.float64).T, largest=True)
+    return top2(points.astype(np.float64) @ centroids.astype(np.float64).T, largest=True)
 
 
 def transport(log_probs: np.ndarray, lam: float, log_beta: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -80,7 +80,7 @@ def transport(log_probs: np.ndarray, lam: float, log_beta: np.ndarray) -> tuple[
     logits -= logits.max(axis=1, keepdims=True)
     plan = np.exp(logits)
     plan /= plan.sum(axis=1, keepdims=True)
-    return _top2(plan, largest=True)
+    return top2(plan, largest=True)
 
 
 def stack(columns: list[tuple[np.ndarray, ...]], score_name: str) -> Prediction:

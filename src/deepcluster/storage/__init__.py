@@ -3,6 +3,7 @@ directory's lock, and a run directory's layout, writers and readers. Everything 
 through `RunDir`."""
 
 from deepcluster.storage.checkpoints import (
+    TRUST_HELP,
     CheckpointError,
     DamagedCheckpoint,
     NoCheckpoint,
@@ -24,6 +25,7 @@ from deepcluster.storage.run_dir import LabelsTable, RunDir, epoch_label_files, 
 
 __all__ = [
     "DISK_FULL_ERRNOS",
+    "TRUST_HELP",
     "WRITE_ERRNOS",
     "CheckpointError",
     "DamagedCheckpoint",

@@ -9,9 +9,6 @@ unpickled. Files of the earlier format (a plain pickle with NumPy objects) load 
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import os
 import pickle
@@ -23,16 +20,29 @@ import numpy as np
 import torch
 
 from deepcluster.config import ConfigError
-from deepcluster.storage.files import atomic_write, sync_folder
+from deepcluster.storage.files import sync_folder
+from deepcluster.storage.framed import (
+    HEADER_SIZE,
+    FrameError,
+    parse_header,
+    read_fields,
+    verified_payload,
+    write_framed,
+)
 
 log = logging.getLogger("deepcluster")
 
 FILE_FORMAT = 3
 """1-2: plain pickles with NumPy objects (before format 3 the file had no header); 3: this module's format."""
 MAGIC = b"DEEPCLUSTER-CHECKPOINT\n"
-HEADER_SIZE = 4096
 _NUMPY = "__numpy__"
-_CHUNK = 1 << 22
+
+
+TRUST_HELP = (
+    "load checkpoints that need a full unpickle (written by an older deepcluster); it can run code from the "
+    "file: only for files you trust"
+)
+"""The help of every command's --trust-checkpoint."""
 
 
 class CheckpointError(ConfigError):
@@ -86,55 +96,6 @@ def _rebuild(value: Any, convert: Callable[[Any], Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------ files
-class _Hashing:
-    """A write-only file that hashes and counts what goes through it."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle, self.sha, self.length = handle, hashlib.sha256(), 0
-        self.error: OSError | None = None
-        """The write error, which torch.save reports as a RuntimeError without its errno."""
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.length += len(data)
-        try:
-            return self.handle.write(data)
-        except OSError as error:
-            self.error = error
-            raise
-
-    def flush(self) -> None:
-        self.handle.flush()
-
-
-class _Window(io.RawIOBase):
-    """The payload of an open checkpoint file, read as a file of its own (no copy in memory)."""
-
-    def __init__(self, handle: IO[bytes], offset: int, length: int) -> None:
-        super().__init__()
-        self.handle, self.offset, self.length, self.pos = handle, offset, length, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self.pos = {0: 0, 1: self.pos, 2: self.length}[whence] + pos
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self.length - self.pos))
-        self.handle.seek(self.offset + self.pos)
-        got = self.handle.readinto(memoryview(buffer)[:n]) or 0
-        self.pos += got
-        return got
-
-
 def save_checkpoint(
     path: str | os.PathLike[str], state: dict[str, Any], info: dict[str, Any] | None = None,
     before_replace: Callable[[], None] | None = None,
@@ -143,42 +104,13 @@ def save_checkpoint(
     `position`) goes in the header, readable even when the payload is damaged. `before_replace` runs once the
     new file is complete, just before it takes `path`'s place."""
     encoded = encode(state)
-    info = position(state) if info is None else info
-
-    def write(handle: IO[bytes]) -> None:
-        handle.write(b"\0" * HEADER_SIZE)
-        hashing = _Hashing(handle)
-        try:
-            torch.save(encoded, hashing)
-        except Exception:
-            if hashing.error is not None:
-                raise hashing.error from None
-            raise
-        meta = {"format": FILE_FORMAT, "length": hashing.length, "sha256": hashing.sha.hexdigest(), **info}
-        header = MAGIC + json.dumps(meta).encode() + b"\n"
-        if len(header) > HEADER_SIZE:
-            raise ValueError(f"checkpoint header info too large ({len(header)} bytes)")
-        handle.seek(0)
-        handle.write(header.ljust(HEADER_SIZE, b" "))
-        handle.seek(0, os.SEEK_END)
-
-    atomic_write(path, write, before_replace=before_replace)
+    fields = {"format": FILE_FORMAT, **(position(state) if info is None else info)}
+    write_framed(path, MAGIC, fields, lambda sink: torch.save(encoded, sink), before_replace=before_replace)
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The header's JSON of a current-format file, or None (an older file, or a header that does not parse)."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(HEADER_SIZE)
-    except OSError:
-        return None
-    if not head.startswith(MAGIC):
-        return None
-    try:
-        meta = json.loads(head[len(MAGIC) :].split(b"\n", 1)[0])
-    except ValueError:
-        return None
-    return meta if isinstance(meta, dict) else None
+    return read_fields(path, MAGIC)
 
 
 def load_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> dict[str, Any]:
@@ -189,29 +121,20 @@ def load_checkpoint(path: str | os.PathLike[str], trusted: bool = False) -> dict
         raise FileNotFoundError(f"no checkpoint at {path}")
     with path.open("rb") as handle:
         head = handle.read(HEADER_SIZE)
-        if not head.startswith(MAGIC):
-            handle.seek(0)
-            return _load_older(path, handle, head, trusted)
-        meta = read_header(path)
-        if meta is None or not isinstance(meta.get("length"), int):
-            raise DamagedCheckpoint(f"{path}: damaged checkpoint (its header does not parse)")
-        if meta.get("format", 0) > FILE_FORMAT:
-            raise CheckpointError(
-                f"{path}: checkpoint format {meta['format']} is newer than this deepcluster reads "
-                f"({FILE_FORMAT}); upgrade deepcluster"
-            )
-        size, length = path.stat().st_size, meta["length"]
-        if size != HEADER_SIZE + length:
-            raise DamagedCheckpoint(
-                f"{path}: damaged checkpoint ({'truncated' if size < HEADER_SIZE + length else 'too long'}: "
-                f"{size} bytes, the header says {HEADER_SIZE + length})"
-            )
-        sha = hashlib.sha256()
-        while chunk := handle.read(_CHUNK):
-            sha.update(chunk)
-        if sha.hexdigest() != meta.get("sha256"):
-            raise DamagedCheckpoint(f"{path}: damaged checkpoint (its checksum does not match its contents)")
-        state = _safe_load(path, _Window(handle, HEADER_SIZE, length), trusted)
+        try:
+            fields = parse_header(head, MAGIC)
+            if fields is None:
+                handle.seek(0)
+                return _load_older(path, handle, head, trusted)
+            if fields.get("format", 0) > FILE_FORMAT:
+                raise CheckpointError(
+                    f"{path}: checkpoint format {fields['format']} is newer than this deepcluster reads "
+                    f"({FILE_FORMAT}); upgrade deepcluster"
+                )
+            payload = verified_payload(handle, path, fields)
+        except FrameError as error:
+            raise DamagedCheckpoint(f"{path}: damaged checkpoint ({error})") from None
+        state = _safe_load(path, payload, trusted)
     return decode(state)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from deepcluster.data.sources import ImageSource, open_source
+from deepcluster.storage import TRUST_HELP
 from deepcluster.use.export import add_export_parser, run_export
 from deepcluster.use.outputs import names_file, write_assignments, write_embeddings
 from deepcluster.use.run import TrainedRun, load
@@ -31,10 +32,7 @@ def add_run_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
         "--device", default="auto", help="cpu, cuda, or auto: the run's own when present (default)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--trust-checkpoint", action="store_true",
-        help="load checkpoints that need a full unpickle (older deepcluster); only for files you trust",
-    )  # fmt: skip
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 

@@ -22,10 +22,18 @@ from torch import nn
 
 from deepcluster.config import ConfigError, read_yaml
 from deepcluster.config.options import closest
-from deepcluster.methods import METHODS, Assignment
+from deepcluster.methods import METHODS
 from deepcluster.models import ClassifierHead, HierarchicalHead, MultiHead, PrototypeHead
 from deepcluster.models.loading import LoadedModel, load_model
-from deepcluster.storage import RunDir, atomic_write, atomic_write_text, load_checkpoint, read_header
+from deepcluster.storage import (
+    TRUST_HELP,
+    RunDir,
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    read_header,
+)
+from deepcluster.use.run import checkpoint_heads
 
 FORMATS = ("state_dict", "torchscript", "onnx")
 INPUT_NAME = "images"
@@ -136,18 +144,15 @@ def _heads(target: Path, feature_dim: int, trusted: bool) -> tuple[nn.Module, nn
     name = str(state["config"].get("method"))
     if state["heads"] is None:
         raise ConfigError(f"--with-head: {target} has no heads yet (saved before the first labels)")
-    labels = (state.get("loop") or {}).get("labels")  # SeLa's heads are one per label column
-    labels = np.zeros(1, dtype=np.int64) if labels is None else np.asarray(labels)
-    assignment = Assignment(labels=labels, n_classes=int(state["n_classes"]))
     try:  # as the engine builds them (engine/networks.py), then the checkpoint's weights
         method = METHODS.build(METHODS.from_dict(state["config"], origin=str(target)))
-        heads = method.build_heads(feature_dim, assignment, torch.Generator().manual_seed(0))
-        heads.load_state_dict(state["heads"])
+        heads = checkpoint_heads(method, feature_dim, state)
     except (ConfigError, RuntimeError) as error:
         raise ConfigError(f"--with-head: cannot rebuild the heads of method {name!r}: {error}") from None
+    assert heads is not None
     heads = heads.float().cpu().eval()
     module, outputs, shapes = _head_outputs(heads, name)
-    info = {"type": type(heads).__name__, "method": name, "n_classes": assignment.n_classes}
+    info = {"type": type(heads).__name__, "method": name, "n_classes": int(state["n_classes"])}
     return heads, module, {**info, "outputs": outputs, "shapes": shapes}
 
 
@@ -318,8 +323,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, metavar="{" + ",".join(FORMATS) + "}", help="file format")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (FILE.json beside it)")
     p.add_argument("--with-head", action="store_true", help="also the heads (outputs after the embedding)")
-    trust = "also load checkpoints that need a full unpickle (older formats; it can run code from the file)"
-    p.add_argument("--trust-checkpoint", action="store_true", help=trust)
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -22,7 +22,7 @@ from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision, resolve_device, resolve_precision
 from deepcluster.engine.features import extract_features
 from deepcluster.methods import METHODS, Assignment, ExtractingMethod, Method
-from deepcluster.methods.predict import Prediction, stack
+from deepcluster.methods.predict import Prediction, stack, top2
 from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
 from deepcluster.seeding import torch_generator
@@ -95,14 +95,7 @@ class TrainedRun:
         )  # labels given: the heads' argmax
         per_head = logits.reshape(len(logits), -1, int(self.config.cluster.k))
         probs = torch.softmax(torch.from_numpy(per_head).double(), dim=-1).numpy()
-        columns = []
-        for h in range(probs.shape[1]):
-            order = np.argsort(-probs[:, h], axis=1, kind="stable")[:, :2]
-            rows = np.arange(len(probs))
-            columns.append(
-                (order[:, 0], probs[rows, h, order[:, 0]], order[:, -1], probs[rows, h, order[:, -1]])
-            )
-        return stack(columns, "probability")
+        return stack([top2(probs[:, h], largest=True) for h in range(probs.shape[1])], "probability")
 
     # ------------------------------------------------------------ whole inputs
     def embed(self, images: ImageLike | Sequence[ImageLike], layer: str | None = None) -> np.ndarray:
@@ -118,6 +111,19 @@ class TrainedRun:
         fields = ("labels", "score", "runner_up", "runner_score")
         joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
         return Prediction(**joined, score_name=parts[0].score_name)
+
+
+def checkpoint_heads(method: Method, feature_dim: int, checkpoint: dict[str, Any]) -> nn.Module | None:
+    """A run's heads as the engine built them (the method's `build_heads` for the checkpoint's labels, one head
+    per label column, and classes) with the checkpoint's weights, in eval mode; None before the first labels."""
+    if checkpoint.get("heads") is None:
+        return None
+    labels = (checkpoint.get("loop") or {}).get("labels")
+    labels = np.zeros(1, dtype=np.int64) if labels is None else np.asarray(labels)
+    assignment = Assignment(labels=labels, n_classes=int(checkpoint["n_classes"]))
+    heads = method.build_heads(feature_dim, assignment, torch_generator(0))  # weights overwritten below
+    heads.load_state_dict(checkpoint["heads"])
+    return heads.eval()
 
 
 def load(run_dir: str | Path, device: str = "auto", trust_checkpoint: bool = False) -> TrainedRun:
@@ -142,12 +148,6 @@ def load(run_dir: str | Path, device: str = "auto", trust_checkpoint: bool = Fal
     backbone.load_state_dict(checkpoint["model"])
     backbone = backbone.to(chosen).to(memory_format=torch.channels_last).eval()
     method = METHODS.build(config, chosen)
-    heads = None
-    if checkpoint.get("heads") is not None:
-        labels = checkpoint["loop"]["labels"]
-        generator = torch_generator(0)  # the weights are overwritten below
-        assignment = Assignment(labels=labels, n_classes=int(checkpoint["n_classes"]))
-        heads = method.build_heads(backbone.feature_dim, assignment, generator)
-        heads.load_state_dict(checkpoint["heads"])
-        heads = heads.to(chosen).eval()
+    heads = checkpoint_heads(method, backbone.feature_dim, checkpoint)
+    heads = None if heads is None else heads.to(chosen)
     return TrainedRun(run, config, method, backbone, heads, run.read_assigner(trust_checkpoint), precision)
