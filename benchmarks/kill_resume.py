@@ -3,7 +3,9 @@
     python benchmarks/kill_resume.py [--trials 20] [--methods deepcluster sela ...] [--jobs 2]
 
 For every method: one unbroken run (the reference), then `--trials` runs of the same seeded config, each killed
-with `kill -9` once (and, one trial in four, killed a second time during its resume), then resumed to the end.
+with `kill -9` once (and, one trial in four, killed a second time during its resume), then resumed to the end
+(`--resume`; a trial killed before its run directory held config.yaml, i.e. while Python was still starting,
+is started again with its own command, which is what there is to do then, and says so).
 The moments rotate over: a checkpoint being written (a temporary file in checkpoints/), a label update (the
 log's last line says which: before "labels assigned"), the report being built, and a random time of the run.
 A trial counts as bit-identical when `same_run.compare` finds no difference (labels.csv, metrics without
@@ -122,8 +124,11 @@ def trial(
             command(data, out, method, True), out, "random time", rng.uniform(0.5, 8), 4 * duration
         )
         what += f"; resume {again}"
+    began = (out / "config.yaml").is_file()  # written when the run directory is made, before anything else
+    if not began:  # killed before the run existed (Python still starting): what a user does is start it again
+        what += "; before the run began, so started again"
     try:
-        run_to_end(command(data, out, method, True))
+        run_to_end(command(data, out, method, resume=began))
         differences = compare(reference, out)
     except Exception as error:  # a resume that fails is a miss like a difference
         return False, f"trial {index}: {what}; FAILED: {error}"

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.config import ConfigError, TrainConfig, dump_config
 from deepcluster.data.decode import DecodedImages, decode_images
 from deepcluster.data.sources import ImageSource
 from deepcluster.engine.distributed import Processes, join_processes
-from deepcluster.storage import RunDir, RunLock
+from deepcluster.storage import RunDir, RunLock, atomic_write_text
 
 log = logging.getLogger("deepcluster")
 
@@ -66,6 +66,8 @@ class RunResources:
             self.run_dir.prepare(
                 resume=self.resume, lock=lambda: self._hold(RunLock(config.run.out, "train"))
             )
+            if not self.resume:  # at once: from here on a kill leaves a run that --resume can start again
+                atomic_write_text(self.run_dir.config, dump_config(config))
         procs.barrier()
         if procs.is_main:
             self._file_log = logging.FileHandler(self.run_dir.log_file)

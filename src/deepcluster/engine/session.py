@@ -107,11 +107,7 @@ class Session:
                 "--resume %s: the run stopped before its first checkpoint; starting it from the beginning with "
                 "its config.yaml", cfg.run.out,
             )  # fmt: skip
-        procs, device = self.procs, self.precision.device
-        if procs.is_main and not self.resume:
-            atomic_write_text(
-                self.run_dir.config, dump_config(cfg)
-            )  # now: a run killed while decoding resumes
+        procs, device = self.procs, self.precision.device  # config.yaml is there (written by open)
         self.progress = cfg.run.progress and procs.is_main
         if not self.resume:
             seed_everything(cfg.run.seed)

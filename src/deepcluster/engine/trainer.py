@@ -23,8 +23,16 @@ def resume_config(run_dir: str | Path, epochs: int | None = None, **run_override
     """The settings of the run saved in `run_dir`, with the few a resume may change (`--epochs` and the `run`
     options marked resumable, e.g. device, threads, progress)."""
     run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(
+            f"--resume {run_dir}: no such run directory (a run stopped before it began leaves none: start it "
+            "again with its train command)"
+        )
     if not run.config.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there; is it a run directory?")
+        raise ConfigError(
+            f"--resume {run_dir}: no config.yaml there; is it a run directory? (A run killed within "
+            "milliseconds of making it has none yet: start it again with its train command.)"
+        )
     config = METHODS.load(run.config)
     config.run.out = str(run_dir)
     if epochs is not None:

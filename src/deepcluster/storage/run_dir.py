@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from deepcluster.config import ConfigError
-from deepcluster.storage.checkpoints import load_checkpoint, load_run_checkpoint, rotate, save_checkpoint
+from deepcluster.storage.checkpoints import (
+    load_checkpoint,
+    load_run_checkpoint,
+    read_header,
+    rotate,
+    save_checkpoint,
+)
 from deepcluster.storage.files import atomic_save_numpy, atomic_write_text
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.npy$")
@@ -51,6 +57,19 @@ class RunDir:
     def read_assigner(self, trusted: bool = False) -> dict[str, Any] | None:
         """{"method", "state"} of assigner.pt, or None when the run has none (label transfer, older runs)."""
         return load_checkpoint(self.assigner, trusted) if self.assigner.is_file() else None
+
+    @property
+    def index_dir(self) -> Path:
+        """The search index over the run's images (embeddings, names, the faiss index; `deepcluster index`)."""
+        return self.root / "index"
+
+    def checkpoint_fingerprint(self) -> str:
+        """What changes whenever the run's network does: last.pt's SHA-256 (its size and time for older files)."""
+        header = read_header(self.checkpoint) if self.checkpoint.is_file() else None
+        if header is not None and "sha256" in header:
+            return str(header["sha256"])
+        stat = (self.checkpoint if self.checkpoint.is_file() else self.previous_checkpoint).stat()
+        return f"{stat.st_size}:{stat.st_mtime_ns}"
 
     @property
     def lock_file(self) -> Path:

@@ -4,16 +4,25 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from deepcluster.data.sources import ImageSource, open_source
-from deepcluster.storage import TRUST_HELP
+from deepcluster.cluster import index as faiss_index
+from deepcluster.config import ConfigError
+from deepcluster.data.sources import ImageSource, open_source, write_shards
+from deepcluster.storage import TRUST_HELP, atomic_write_text
 from deepcluster.use.export import add_export_parser, run_export
+from deepcluster.use.images import to_pil
 from deepcluster.use.outputs import names_file, write_assignments, write_embeddings
 from deepcluster.use.run import TrainedRun, load
+from deepcluster.use.search import DUPLICATE_THRESHOLD, RunIndex
+from deepcluster.use.search_page import write_search_page
 
 Parsers = argparse._SubParsersAction
 
@@ -90,10 +99,153 @@ def _run_assign(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_index(commands: Parsers) -> None:
+    p = commands.add_parser(
+        "index",
+        help="build the search index over a trained run's images (RUN/index/)",
+        description="Embed every image of the run once and build a faiss index over the embeddings: exact "
+        f"inner product up to {faiss_index.EXACT_MAX_VECTORS:,} images, IVF above (--kind). It is kept in "
+        "RUN/index/ and rebuilt when missing, damaged or older than the run's checkpoint; search and "
+        "duplicates build it themselves when needed.",
+    )
+    add_run_arguments(p, data=False)
+    p.add_argument("--kind", default="auto", choices=faiss_index.KINDS, help="index kind (default: auto)")
+    p.add_argument("--rebuild", action="store_true", help="build it again even when it is up to date")
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    index = open_run(args).index(args.kind, args.rebuild, not args.no_progress)
+    print(
+        f"{len(index)} images indexed ({index.kind}, {index.vectors.shape[1]} dimensions) in {index.folder}"
+    )
+    return 0
+
+
+def _add_search(commands: Parsers) -> None:
+    p = commands.add_parser(
+        "search",
+        help="the images of a trained run most similar to each query image",
+        description="For each QUERY (an image file, or the name of one of the run's images as labels.csv "
+        "gives it) print the K most similar images of the run, best first, with their cosine similarity.",
+    )
+    add_run_arguments(p, data=False)
+    p.add_argument("queries", nargs="+", metavar="QUERY", help="image files or names of the run's images")
+    p.add_argument("--k", type=int, default=10, help="neighbours per query (default 10)")
+    p.add_argument("--html", metavar="FILE", help="also write a page of the results (thumbnails inline)")
+
+
+def _queries(run: TrainedRun, index: RunIndex, given: list[str]) -> tuple[np.ndarray, list[Callable]]:
+    """Each query's embedding and a way to picture it: a file is embedded, a run's image is looked up."""
+    source = images_of(argparse.Namespace(data=None, split=None), run)
+    vectors, pictures = [], []
+    for query in given:
+        row = None if Path(query).is_file() else index.row_of(query)
+        if row is not None:
+            vectors.append(np.asarray(index.vectors[row], dtype=np.float32))
+            pictures.append(lambda i=int(index.indices[row]): source.load(i))
+        elif Path(query).is_file():
+            vectors.append(index.centre(run.embed([query]))[0])  # an unreadable file: ConfigError
+            pictures.append(lambda query=query: to_pil(query))
+        else:
+            raise ConfigError(f"{query}: no such image file, and the run has no image of that name")
+    return np.stack(vectors), pictures
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    if args.k < 1:
+        raise ConfigError(f"--k {args.k}: give a positive number of neighbours")
+    run = open_run(args)
+    index = run.index(progress=not args.no_progress)
+    vectors, pictures = _queries(run, index, args.queries)
+    hits = index.search_vectors(vectors, args.k, list(args.queries))
+    for q, query in enumerate(hits.queries):
+        print(query)
+        for place, name in enumerate(hits.names[q]):
+            print(f"  {place + 1:3d}  {hits.scores[q, place]:.4f}  {name}  (index {hits.indices[q, place]})")
+    if args.html:
+        source = images_of(argparse.Namespace(data=None, split=None), run)
+        write_search_page(args.html, f"search in {run.run_dir.root}", hits, pictures, source.load)
+        print(f"page written to {args.html}")
+    return 0
+
+
+def _add_duplicates(commands: Parsers) -> None:
+    p = commands.add_parser(
+        "duplicates",
+        help="groups of near-duplicate images in a trained run, largest first, as CSV",
+        description="Groups of images whose embeddings have cosine similarity at least --threshold (joined "
+        "through chains of such pairs), largest group first. CSV columns: group, size, index, image, "
+        "similarity (to the group's first image).",
+    )
+    add_run_arguments(p, data=False)
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DUPLICATE_THRESHOLD,
+        help=f"cosine similarity from which two images are copies (default {DUPLICATE_THRESHOLD})",
+    )
+    p.add_argument("--out", help="write the CSV to this file (default: print it)")
+
+
+def _run_duplicates(args: argparse.Namespace) -> int:
+    if not 0.0 < args.threshold <= 1.0:
+        raise ConfigError(f"--threshold {args.threshold}: give a cosine similarity in (0, 1]")
+    if args.out is not None and not args.out.endswith(".csv"):
+        raise ConfigError(f"--out {args.out}: give a file name ending in .csv")
+    index = open_run(args).index(progress=not args.no_progress)
+    groups = index.duplicates(args.threshold)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["group", "size", "index", "image", "similarity"])
+    for number, group in enumerate(groups, start=1):
+        first = np.asarray(index.vectors[group[0]], dtype=np.float32)
+        for row in group:
+            similarity = float(np.dot(np.asarray(index.vectors[row], dtype=np.float32), first))
+            writer.writerow(
+                [number, len(group), int(index.indices[row]), index.names[row], f"{similarity:.4f}"]
+            )
+    if args.out is None:
+        print(buffer.getvalue(), end="")
+    else:
+        atomic_write_text(Path(args.out), buffer.getvalue())
+        copies = sum(len(group) for group in groups)
+        print(f"{len(groups)} group(s) of near-duplicates ({copies} images) written to {args.out}")
+    return 0
+
+
+def _add_shards(commands: Parsers) -> None:
+    p = commands.add_parser(
+        "shards",
+        help="write images into WebDataset tar shards (for --data 'OUT-{000000..000099}.tar')",
+        description="Copy every image of DATA (a folder, a file list, an .npz, a named data set) into tar "
+        "shards of --per-shard samples each: the original file's bytes, its name and its class.",
+    )
+    p.add_argument("data", help="the images to copy")
+    p.add_argument("out", help="shard name pattern with a number, e.g. shards/train-%%06d.tar")
+    p.add_argument("--per-shard", type=int, default=10_000, help="samples per shard (default 10000)")
+    p.add_argument("--split", help="split of DATA (default: its training split)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def _run_shards(args: argparse.Namespace) -> int:
+    source = open_source(args.data, split=args.split)
+    bar = tqdm(total=len(source), desc="shards", unit="img", disable=True if args.no_progress else None)
+    written = write_shards(source, args.out, args.per_shard, lambda _: bar.update(1))
+    bar.close()
+    last = written[-1] if written else args.out
+    print(f"{len(source)} images written into {len(written)} shard(s), the last {last}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[Parsers], None], Callable[[argparse.Namespace], int]]] = {
     "embed": (_add_embed, _run_embed),
     "assign": (_add_assign, _run_assign),
     "export": (add_export_parser, run_export),
+    "index": (_add_index, _run_index),
+    "search": (_add_search, _run_search),
+    "duplicates": (_add_duplicates, _run_duplicates),
+    "shards": (_add_shards, _run_shards),
 }
 """name -> (add its parser, run it); `deepcluster.cli` adds every one."""
 

@@ -11,19 +11,36 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from deepcluster.config import ConfigError
 from deepcluster.data.sources import ImageSource
 from deepcluster.methods.predict import Prediction
-from deepcluster.storage import atomic_write, atomic_write_text
+from deepcluster.storage import RunDir, atomic_write, atomic_write_text
 from deepcluster.use.images import Batch, batches_of_source
-from deepcluster.use.run import TrainedRun
 
 log = logging.getLogger("deepcluster")
+
+
+class TrainedRun(Protocol):
+    """What these writers use of `use.run.TrainedRun` (which imports this module, so it is not imported here)."""
+
+    config: Any
+    run_dir: RunDir
+
+    @property
+    def resize(self) -> int: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    def embed_batch(self, images: torch.Tensor, layer: str | None = None) -> np.ndarray: ...
+
+    def assign_batch(self, images: torch.Tensor) -> Prediction: ...
 
 
 def _batches(run: TrainedRun, source: ImageSource, progress: bool, what: str) -> Iterator[Batch]:
@@ -61,17 +78,30 @@ def write_embeddings(
     _check_out(out, (".npy", ".parquet"))
     if out.suffix.lower() == ".parquet":
         return _write_parquet(run, source, out, layer, progress)
+    names, _, skipped = write_npy(run, source, out, layer, progress)
+    atomic_write_text(names_file(out), "".join(f"{name}\n" for name in names))
+    return len(names), skipped
+
+
+def write_npy(
+    run: TrainedRun, source: ImageSource, out: Path, layer: str | None = None, progress: bool = True,
+    what: str = "embed",
+) -> tuple[list[str], list[int], list[tuple[str, str]]]:  # fmt: skip
+    """The embeddings of `source`'s readable images as float32 [N, D] into `out` (.npy, atomically, streamed
+    through a scratch file beside it). Returns their names, their source indices and the skipped images."""
     names: list[str] = []
+    indices: list[int] = []
     skipped: list[tuple[str, str]] = []
     dim = 0
     with tempfile.TemporaryFile(dir=out.parent if str(out.parent) else ".") as raw:
-        for batch in _batches(run, source, progress, "embed"):
+        for batch in _batches(run, source, progress, what):
             skipped += batch.skipped
             if len(batch.names):
                 values = run.embed_batch(batch.images, layer)
                 dim = values.shape[1]
                 raw.write(np.ascontiguousarray(values, dtype=np.float32).tobytes())
                 names += batch.names
+                indices += batch.indices
         if not names:
             raise ConfigError(f"--data {source.description}: none of its images could be read")
 
@@ -84,8 +114,7 @@ def write_embeddings(
                 handle.write(chunk)
 
         atomic_write(out, write)
-    atomic_write_text(names_file(out), "".join(f"{name}\n" for name in names))
-    return len(names), skipped
+    return names, indices, skipped
 
 
 def _write_parquet(

@@ -28,6 +28,7 @@ from deepcluster.models.backbone import Backbone
 from deepcluster.seeding import torch_generator
 from deepcluster.storage import RunDir
 from deepcluster.use.images import Batch, ImageLike, as_items, batches_of_items
+from deepcluster.use.search import Hits, RunIndex, open_index
 
 
 @dataclass
@@ -111,6 +112,20 @@ class TrainedRun:
         fields = ("labels", "score", "runner_up", "runner_score")
         joined = {f: np.concatenate([getattr(p, f) for p in parts]) for f in fields}
         return Prediction(**joined, score_name=parts[0].score_name)
+
+    def index(self, kind: str = "auto", rebuild: bool = False, progress: bool = False) -> RunIndex:
+        """The search index over the run's own images (RUN/index/, built or rebuilt when it does not fit)."""
+        return open_index(self, kind, rebuild, progress)
+
+    def search(self, images: ImageLike | Sequence[ImageLike], k: int = 10) -> Hits:
+        """The `k` images of the run most similar to each of `images` (cosine of the embeddings, best first)."""
+        index, names, parts = self.index(), [], []
+        for batch in self.batches(images):
+            names += batch.names
+            parts.append(self.embed_batch(batch.images))
+        if not parts:
+            raise ConfigError("search: no images given")
+        return index.search(np.concatenate(parts), k, names)
 
 
 def checkpoint_heads(method: Method, feature_dim: int, checkpoint: dict[str, Any]) -> nn.Module | None:

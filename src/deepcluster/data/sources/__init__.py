@@ -5,7 +5,8 @@ source has them, are only meant for evaluation. Transparent images are composite
 
 This package holds :func:`open_source`, which picks the source for a ``--data`` value; the sources live in
 ``base`` (:class:`ImageSource`, :class:`DataError`, :func:`to_rgb`), ``files`` (folders and image lists),
-``archives`` (arrays, image-bytes archives, the embedded data set) and ``torchvision_sets``.
+``archives`` (arrays, image-bytes archives, the embedded data set), ``shards`` (WebDataset tar shards) and
+``torchvision_sets``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from deepcluster.data.sources.archives import (
 )
 from deepcluster.data.sources.base import DataError, ImageSource, to_rgb
 from deepcluster.data.sources.files import IMAGE_EXTENSIONS, FileListSource, FolderSource
+from deepcluster.data.sources.shards import ShardSource, is_shard_spec, write_shards
 from deepcluster.data.sources.torchvision_sets import (
     TORCHVISION_NAMES,
     TorchvisionSource,
@@ -39,11 +41,13 @@ __all__ = [
     "FolderSource",
     "ImageSource",
     "JpegBytesSource",
+    "ShardSource",
     "TorchvisionSource",
     "canonical_dataset_name",
     "embedded_source",
     "open_source",
     "to_rgb",
+    "write_shards",
 ]
 
 LIST_EXTENSIONS: tuple[str, ...] = (".txt", ".lst")
@@ -58,11 +62,12 @@ def open_source(
 ) -> ImageSource:
     """Open the image source named by ``spec`` (the ``--data`` option).
 
-    Resolution order: None, "" or "embedded" -> packaged CIFAR-10 test split; an existing folder ->
-    :class:`FolderSource`; an existing .npz -> :class:`JpegBytesSource` when it has ``jpeg_*`` keys, else
-    :meth:`ArraySource.from_npz`; an existing .txt/.lst -> :class:`FileListSource`; a torchvision data set
-    name -> :class:`TorchvisionSource` (``root`` default "./data", ``split`` default "train"). ``split`` is
-    ignored by sources without splits (folders, arrays, lists).
+    Resolution order: None, "" or "embedded" -> packaged CIFAR-10 test split; tar shards (a .tar path, a
+    brace pattern or a glob of them) -> :class:`ShardSource`; an existing folder -> :class:`FolderSource`; an
+    existing .npz -> :class:`JpegBytesSource` when it has ``jpeg_*`` keys, else :meth:`ArraySource.from_npz`;
+    an existing .txt/.lst -> :class:`FileListSource`; a torchvision data set name -> :class:`TorchvisionSource`
+    (``root`` default "./data", ``split`` default "train"). ``split`` is ignored by sources without splits
+    (folders, arrays, lists, shards).
     """
     if spec is None or str(spec).strip() in ("", EMBEDDED_NAME):
         if split is not None and split != "test":
@@ -70,6 +75,8 @@ def open_source(
         return embedded_source()
     text = os.fspath(spec)
     path = Path(text).expanduser()
+    if is_shard_spec(text) and not path.is_dir():
+        return ShardSource(text)
     if path.is_dir():
         return FolderSource(path)
     if path.is_file():

@@ -1,0 +1,198 @@
+"""WebDataset tar shards as an image source: `--data 'shards/train-{000000..000099}.tar'`.
+
+A shard is a tar file whose members are grouped into samples by key, the WebDataset way: `dir/000123.jpg`,
+`dir/000123.cls` and `dir/000123.name` are the members "jpg", "cls" and "name" of sample `dir/000123` (the key
+is the member's path up to the first dot of its file name). A sample's image is its first member with an image
+extension (`IMAGE_MEMBERS`); "cls" (or "label", "class"), a decimal integer, is its true class, for evaluation
+only; "name", when present, is the image's name (what `deepcluster shards` stores: the original file's name),
+else the name is `SHARD:KEY`.
+
+The source reads the shards' tar headers once when it opens (a sample table: shard, offset, size, in shard
+order, then member order) and then reads any image directly at its offset, so the image index is stable and
+everything that works on a folder (labels.csv, resume, `deepcluster assign`, the distributed split of the
+indices over torchrun processes and data workers) works on shards. A member that does not decode is reported
+by `SHARD:KEY` and skipped, as any bad image is.
+
+`write_shards` makes shards from any source (`deepcluster shards FOLDER OUT --per-shard N`) with webdataset's
+`ShardWriter`: the original file's bytes, its extension, its name and its class.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb
+
+IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff", "gif")
+CLASS_MEMBERS = ("cls", "label", "class")
+_SHARD_MARKS = ("{", "*", "?")
+
+
+def is_shard_spec(spec: str) -> bool:
+    """Whether a `--data` value names tar shards (a .tar path, a brace pattern or a glob of them)."""
+    return spec.endswith(".tar") or (".tar" in spec and any(mark in spec for mark in _SHARD_MARKS))
+
+
+def expand_shards(spec: str) -> list[Path]:
+    """The shard files of `spec`: braces expanded (`{000..009}`, `{a,b}`), then globs; each must exist."""
+    try:
+        from braceexpand import braceexpand  # webdataset's own dependency
+    except ImportError:
+        raise DataError(
+            f"--data {spec}: tar shards need webdataset: pip install 'deepcluster[shards]'"
+        ) from None
+
+    paths: list[Path] = []
+    for pattern in braceexpand(os.path.expanduser(spec)):
+        if any(mark in pattern for mark in ("*", "?", "[")):
+            found = sorted(Path(pattern).parent.glob(Path(pattern).name))
+            if not found:
+                raise DataError(f"--data {spec}: no shard matches {pattern}")
+            paths += found
+        else:
+            paths.append(Path(pattern))
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"--data {spec}: shard {missing[0]} does not exist ({len(missing)} of {len(paths)} missing)"
+        )
+    return paths
+
+
+def _split_name(member: str) -> tuple[str, str]:
+    folder, _, base = member.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower() if dot else ""
+
+
+class ShardSource(ImageSource):
+    """The samples of a list of WebDataset tar shards, in order (see the module's notes)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.shards = expand_shards(spec)
+        shard_ids, offsets, sizes, names, labels = [], [], [], [], []
+        for number, path in enumerate(self.shards):
+            for sample in self._scan(path):
+                shard_ids.append(number)
+                offsets.append(sample["offset"])
+                sizes.append(sample["size"])
+                names.append(sample["name"])
+                labels.append(sample["label"])
+        if not names:
+            raise DataError(f"--data {spec}: the {len(self.shards)} shard(s) hold no image members")
+        self._shard = np.asarray(shard_ids, dtype=np.int32)
+        self._offset = np.asarray(offsets, dtype=np.int64)
+        self._size = np.asarray(sizes, dtype=np.int64)
+        self._names = names
+        if all(label is not None for label in labels):
+            self._labels = np.asarray(labels, dtype=np.int64)
+        self._handles: dict[tuple[int, int], Any] = {}
+        self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(names), None)
+        if self._labels is not None:
+            self.description = self.description.replace("no labels", "with classes")
+
+    def _scan(self, path: Path) -> list[dict[str, Any]]:
+        """The samples of one shard, in member order: image offset and size, name, class."""
+        samples: dict[str, dict[str, Any]] = {}
+        try:
+            with tarfile.open(path, "r:") as tar:
+                for member in tar:  # headers only: the data is skipped, not read
+                    if not member.isfile():
+                        continue
+                    key, extension = _split_name(member.name)
+                    sample = samples.setdefault(key, {"key": key})
+                    if extension in IMAGE_MEMBERS and "offset" not in sample:
+                        sample["offset"], sample["size"] = member.offset_data, member.size
+                    elif extension in CLASS_MEMBERS or extension == "name":
+                        handle = tar.extractfile(member)
+                        text = handle.read(1 << 16) if handle else b""
+                        sample[extension] = text.decode("utf-8", "replace").strip()
+        except (tarfile.TarError, OSError) as error:
+            raise DataError(f"--data {self.spec}: {path} is not a readable tar shard ({error})") from None
+        found = []
+        for key, sample in samples.items():
+            if "offset" not in sample:
+                continue  # a sample without an image (metadata only): nothing to train on
+            label = next((sample[c] for c in CLASS_MEMBERS if c in sample), None)
+            found.append({
+                "offset": sample["offset"], "size": sample["size"],
+                "name": sample.get("name") or f"{path.name}:{key}",
+                "label": int(label) if label is not None and label.lstrip("-").isdigit() else None,
+            })  # fmt: skip
+        return found
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def raw_bytes(self, index: int) -> bytes:
+        """The image member's bytes of sample `index` (a handle per shard and process, opened on first use)."""
+        index = self._check_index(index)
+        shard = int(self._shard[index])
+        handle = self._handles.get((os.getpid(), shard))
+        if handle is None:  # a worker process forked from this one opens its own
+            handle = self._handles[(os.getpid(), shard)] = self.shards[shard].open("rb")
+        handle.seek(int(self._offset[index]))
+        data = handle.read(int(self._size[index]))
+        if len(data) != self._size[index]:
+            raise OSError(f"{self.shards[shard]}: truncated at sample {self._names[index]}")
+        return data
+
+    def load(self, index: int) -> Image.Image:
+        return _open_rgb(io.BytesIO(self.raw_bytes(index)))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}}
+
+
+def _member(source: ImageSource, index: int) -> tuple[str, bytes]:
+    """(extension, bytes) of image `index` as stored: the original file when the source has one, else PNG."""
+    path = getattr(source, "path", None)
+    if callable(path):  # a folder or a file list: the file itself
+        file = path(index)
+        return file.suffix.lower().lstrip(".") or "jpg", file.read_bytes()
+    raw = getattr(source, "raw_bytes", None)
+    if raw is not None:
+        data = raw(index)
+        return ("jpg" if data.startswith(b"\xff\xd8") else "png"), data
+    buffer = io.BytesIO()
+    source.load(index).save(buffer, format="PNG")
+    return "png", buffer.getvalue()
+
+
+def write_shards(
+    source: ImageSource, pattern: str, per_shard: int, progress: Callable[[int], None] | None = None
+) -> list[str]:
+    """Write every image of `source` into tar shards named by `pattern` (a printf pattern such as
+    "out/train-%06d.tar"), `per_shard` samples each: its bytes, name and class. Returns the shard paths."""
+    try:
+        import webdataset
+    except ImportError:
+        raise DataError("deepcluster shards needs webdataset: pip install 'deepcluster[shards]'") from None
+    if "%" not in pattern:
+        raise DataError(f"{pattern}: give a shard name pattern with a number in it, e.g. out/train-%06d.tar")
+    if per_shard < 1:
+        raise DataError(f"--per-shard {per_shard}: must be at least 1")
+    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
+    labels = source.labels
+    written: list[str] = []
+    with webdataset.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
+        for index in range(len(source)):
+            extension, data = _member(source, index)
+            sample = {"__key__": f"{index:09d}", extension: data, "name": source.name(index).encode()}
+            if labels is not None and labels[index] >= 0:
+                sample["cls"] = str(int(labels[index])).encode()
+            sink.write(sample)
+            if sink.fname not in written:
+                written.append(sink.fname)
+            if progress is not None:
+                progress(index)
+    return written
