@@ -150,3 +150,14 @@ def test_bad_inputs_are_named(
     args = [str(run_dir) if a == "RUN" else str(tmp_path / "nothing") if a == "MISSING" else a for a in args]
     code, _, err = _run(args, capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_report_shows_nearest_neighbours_from_the_index(run_dir: Path) -> None:
+    from deepcluster.report.build import ReportOptions, build_report
+
+    page = build_report(run_dir, ReportOptions(similar=3, similar_k=4)).read_text()
+    assert "Find similar" in page and "similar/similar.png" in page
+    with Image.open(run_dir / "report" / "similar" / "similar.png") as picture:
+        assert picture.height > 3 * 64 and picture.width > 5 * 64  # 3 rows of 1 + 4 thumbnails
+    assert (run_dir / "index" / "index.json").is_file()
+    assert "Find similar" not in build_report(run_dir, ReportOptions(similar=0)).read_text()

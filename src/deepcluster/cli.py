@@ -205,6 +205,12 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also the paper's gradient-ascent filter pictures (slow)",
     )
+    p.add_argument(
+        "--similar",
+        type=int,
+        default=6,
+        help="images shown with their nearest neighbours (default 6; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
@@ -229,6 +235,7 @@ def _run_report(args: argparse.Namespace) -> int:
         per_cluster=args.per_cluster,
         channels=args.channels,
         gradient_ascent=args.gradient_ascent,
+        similar=max(0, args.similar),
         seed=args.seed,
     )
     print(f"report: {build_report(args.run_dir, options, trust_checkpoint=args.trust_checkpoint)}")

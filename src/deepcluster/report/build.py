@@ -28,6 +28,7 @@ from deepcluster.report.filters import first_layer_filters
 from deepcluster.report.grids import all_clusters_overview, cluster_grids
 from deepcluster.report.page import Section, config_block, evaluation_block, render_page, write_page
 from deepcluster.report.picture import Picture
+from deepcluster.report.similar import similar_pictures
 from deepcluster.report.taps import check_taps, default_channels, default_taps
 from deepcluster.report.thumbnails import ThumbnailCache
 from deepcluster.storage import RunDir, RunLock
@@ -55,6 +56,10 @@ class ReportOptions:
     gradient_ascent: bool = False
     """Also the paper's gradient-ascent picture of each chosen channel (slow)."""
     gradient_steps: int = 100
+    similar: int = 6
+    """Images of the run shown with their nearest neighbours in its search index (0: none; the index is built
+    when the run has none that fits, at the cost of embedding every image once)."""
+    similar_k: int = 8
     seed: int = 0
     batch_size: int = 128
 
@@ -121,7 +126,7 @@ def _build(run: RunDir, options: ReportOptions, trust_checkpoint: bool) -> Path:
         )
     ]
     if model is not None:
-        sections += _network_sections(run, config, out, options, model)
+        sections += _network_sections(run, config, out, options, model, trust_checkpoint)
     evaluation = run.read_evaluation()
     if evaluation is not None:
         sections.append(Section("Evaluation", html=evaluation_block(evaluation)))
@@ -133,7 +138,7 @@ def _build(run: RunDir, options: ReportOptions, trust_checkpoint: bool) -> Path:
 
 
 def _network_sections(
-    run: RunDir, config: TrainConfig, out: Path, options: ReportOptions, model: LoadedModel
+    run: RunDir, config: TrainConfig, out: Path, options: ReportOptions, model: LoadedModel, trusted: bool
 ) -> list[Section]:
     """Cluster grids and filter pictures: they need the labels and the trained network."""
     table = run.read_labels()
@@ -175,6 +180,12 @@ def _network_sections(
         )
     sections.append(Section("What the filters see", _filter_pictures(backbone, source, table.indices, view,
                                                                       thumbs, model, out, options)))  # fmt: skip
+    if options.similar > 0:
+        pictures = similar_pictures(
+            run.root, thumbs, out, options.similar, options.similar_k, options.seed, trusted
+        )
+        sections.append(Section("Find similar", pictures, note="Nearest neighbours in the run's search index "
+                                "(RUN/index/, also used by deepcluster search and duplicates)."))  # fmt: skip
     return sections
 
 
