@@ -51,6 +51,6 @@ def similar_pictures(
     caption = (
         f"Each row: one of {len(rows)} images of the run drawn at random (left), then its nearest images in the "
         f"run's index of {n:,} ({index.kind}), most similar first; the number is the cosine similarity of the "
-        "centred embeddings. `deepcluster search RUN IMAGE` finds them for any image."
+        "whitened embeddings. `deepcluster search RUN IMAGE` finds them for any image."
     )
     return [Picture(title="Nearest neighbours", path=relative, caption=caption)]

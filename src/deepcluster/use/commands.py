@@ -144,7 +144,7 @@ def _queries(run: TrainedRun, index: RunIndex, given: list[str]) -> tuple[np.nda
             vectors.append(np.asarray(index.vectors[row], dtype=np.float32))
             pictures.append(lambda i=int(index.indices[row]): source.load(i))
         elif Path(query).is_file():
-            vectors.append(index.centre(run.embed([query]))[0])  # an unreadable file: ConfigError
+            vectors.append(index.project(run.embed([query]))[0])  # an unreadable file: ConfigError
             pictures.append(lambda query=query: to_pil(query))
         else:
             raise ConfigError(f"{query}: no such image file, and the run has no image of that name")
