@@ -28,7 +28,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 import deepcluster
+from deepcluster.cluster.preprocess import l2_normalize
+from deepcluster.data.sources import open_source
 from deepcluster.engine.device import machine_description
+from deepcluster.use.images import batches_of_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -81,6 +84,14 @@ def quantiles(values: np.ndarray) -> str:
     return f"1% {q[0]:.3f}, 5% {q[1]:.3f}, median {q[2]:.3f}"
 
 
+def at_five_pairs(indexed: np.ndarray, base: np.ndarray, copied: dict[str, np.ndarray]) -> str:
+    """Share of each kind of copy found at the threshold that lets 5 pairs of distinct indexed images pass."""
+    sims = indexed @ indexed.T
+    t = float(np.sort(sims[np.triu_indices(len(indexed), 1)])[-5])
+    found = " / ".join(f"{np.mean(np.sum(base * c, axis=1) >= t):.0%}" for c in copied.values())
+    return f"threshold {t:.3f}: {found}"
+
+
 def duplicates(run_dir: Path, archive: Path, rows: np.ndarray) -> list[str]:
     run = deepcluster.load(run_dir)
     index = run.index()
@@ -91,22 +102,36 @@ def duplicates(run_dir: Path, archive: Path, rows: np.ndarray) -> list[str]:
     with np.load(archive) as data:
         jpeg, off = data["jpeg_train"], data["off_train"]
         originals = [Image.open(io.BytesIO(jpeg[off[i] : off[i + 1]].tobytes())).convert("RGB") for i in rows]
-    base = index.project(run.embed(originals))
+    raw_base = run.embed(originals)
+    raw_copies = {
+        kind: run.embed([copies_of(img)[kind] for img in originals]) for kind in copies_of(originals[0])
+    }
+    base = index.project(raw_base)
     lines = [
         f"- nearest other image among the {len(index):,} indexed: median {np.median(nearest):.3f}, 99% "
         f"{np.quantile(nearest, 0.99):.3f}, max {nearest.max():.3f}"
     ]
     upper = np.triu(sims, 1)
     found: dict[str, np.ndarray] = {}
-    for kind in copies_of(originals[0]):
-        copied = index.project(run.embed([copies_of(img)[kind] for img in originals]))
-        found[kind] = np.sum(base * copied, axis=1)
+    for kind, raw in raw_copies.items():
+        found[kind] = np.sum(base * index.project(raw), axis=1)
         lines.append(f"- {kind}: cosine to the original {quantiles(found[kind])}")
     every = np.concatenate(list(found.values()))
     for t in THRESHOLDS:
         pairs = int((upper >= t).sum())
         lines.append(f"- threshold {t}: {np.mean(every >= t):.1%} of the copies found; {pairs} pair(s) of "
                      f"distinct indexed images pass")  # fmt: skip
+    # the same copies when the index only centred the embeddings (raw embeddings of the indexed images again)
+    source = open_source(run.config.data.data, split=run.config.data.split)
+    batches = batches_of_source(source, run.resize, int(run.config.data.input_size), run.batch_size)
+    indexed = np.concatenate([run.embed_batch(batch.images) for batch in batches])
+    mean = indexed.mean(axis=0)
+    centred = {kind: l2_normalize(raw - mean) for kind, raw in raw_copies.items()}
+    kinds = " / ".join(raw_copies)
+    lines.append(f"- found ({kinds}) at 5 passing pairs, centred only: "
+                 f"{at_five_pairs(l2_normalize(indexed - mean), l2_normalize(raw_base - mean), centred)}")  # fmt: skip
+    whitened = {kind: index.project(raw) for kind, raw in raw_copies.items()}
+    lines.append(f"- the same, whitened as the index does: {at_five_pairs(vectors, base, whitened)}")
     return lines
 
 

@@ -251,3 +251,15 @@ def test_a_file_size_limit_stops_the_run_with_one_line_and_keeps_the_checkpoint(
     assert len(lines) == 1 and f"could not write {checkpoints / 'last.pt'}: File too large" in lines[0]
     assert {p.name: p.read_bytes() for p in checkpoints.iterdir()} == before  # no temporary file left either
     assert load_checkpoint(checkpoints / "last.pt")["loop"]["step"] == 2
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path: Path, umask: int, mode: int) -> None:
+    code = (
+        "import os, sys; os.umask(int(sys.argv[2], 8)); from deepcluster.storage import atomic_write_text; "
+        "atomic_write_text(sys.argv[1], 'x'); print(oct(os.stat(sys.argv[1]).st_mode & 0o777))"
+    )
+    out = tmp_path / "out.txt"
+    done = subprocess.run([sys.executable, "-c", code, str(out), oct(umask)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == oct(mode)  # mkstemp alone would give 0o600 whatever the umask

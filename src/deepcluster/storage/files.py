@@ -27,6 +27,18 @@ class WriteFailed(OSError):
         return f"could not write {self.filename}: {self.strerror}"
 
 
+def file_mode() -> int:
+    """The mode a new file gets from open(): 0o666 less the process's umask (read from /proc, so that the umask
+    is never changed, not even for a moment; 0o022 assumed where /proc does not say)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     write: Callable[[IO[bytes]], None],
@@ -39,6 +51,7 @@ def atomic_write(
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, file_mode())  # mkstemp's file is private (0600); the result is what open() would make
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

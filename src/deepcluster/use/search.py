@@ -12,8 +12,8 @@ network's raw embeddings all lie in one orthant, so unrelated images already hav
 pairs in tests/test_search.py's run) and a copy cannot stand out. Centring alone helps there, not enough on real
 photos: measured on 2,000 training images of each set with 2-minute runs (benchmarks/use.py; at the threshold
 that lets 5 of the 2 million pairs of distinct images through), Imagenette's half-size, JPEG q50 and half-size
-q75 copies are found 29 %, 55 % and 25 % of the time centred, 92 %, 100 % and 85 % whitened to 256 dimensions
-(CIFAR-10: 12 %, 85 %, 10 % -> 74 %, 100 %, 58 %, and +15 % brightness 18 % -> 95 %). Queries go through the
+q75 copies are found 29 %, 55 % and 25 % of the time centred, 92 %, 100 % and 83 % whitened to 256 dimensions
+(CIFAR-10: 11 %, 83 %, 9 % -> 72 %, 100 %, 58 %, and +15 % brightness 16 % -> 94 %). Queries go through the
 same whitening, fitted on the indexed embeddings (a sample of `WHITENING_SAMPLE` above that many).
 
 `open_index` reuses what is there while it still fits and rebuilds what does not, and says why: no index yet, a
