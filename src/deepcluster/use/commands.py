@@ -134,9 +134,10 @@ def _add_search(commands: Parsers) -> None:
     p.add_argument("--html", metavar="FILE", help="also write a page of the results (thumbnails inline)")
 
 
-def _queries(run: TrainedRun, index: RunIndex, given: list[str]) -> tuple[np.ndarray, list[Callable]]:
+def _queries(
+    run: TrainedRun, index: RunIndex, source: ImageSource, given: list[str]
+) -> tuple[np.ndarray, list[Callable]]:
     """Each query's embedding and a way to picture it: a file is embedded, a run's image is looked up."""
-    source = images_of(argparse.Namespace(data=None, split=None), run)
     vectors, pictures = [], []
     for query in given:
         row = None if Path(query).is_file() else index.row_of(query)
@@ -156,14 +157,14 @@ def _run_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k {args.k}: give a positive number of neighbours")
     run = open_run(args)
     index = run.index(progress=not args.no_progress)
-    vectors, pictures = _queries(run, index, args.queries)
+    source = images_of(argparse.Namespace(data=None, split=None), run)  # the run's images, opened once
+    vectors, pictures = _queries(run, index, source, args.queries)
     hits = index.search_vectors(vectors, args.k, list(args.queries))
     for q, query in enumerate(hits.queries):
         print(query)
         for place, name in enumerate(hits.names[q]):
             print(f"  {place + 1:3d}  {hits.scores[q, place]:.4f}  {name}  (index {hits.indices[q, place]})")
     if args.html:
-        source = images_of(argparse.Namespace(data=None, split=None), run)
         write_search_page(args.html, f"search in {run.run_dir.root}", hits, pictures, source.load)
         print(f"page written to {args.html}")
     return 0

@@ -187,7 +187,6 @@ def open_index(
     if kind not in faiss_index.KINDS:
         raise ConfigError(f"--kind {kind}: choose one of {', '.join(faiss_index.KINDS)}")
     data = run.config.data
-    source = open_source(data.data, root=data.data_root, split=data.split)
     wanted = {
         "format": INDEX_FORMAT,
         "checkpoint": run.run_dir.checkpoint_fingerprint(),
@@ -201,6 +200,9 @@ def open_index(
             return existing
         log.info("building the search index of %s: %s", run.run_dir.root, why)
     seed = int(run.config.run.seed) if seed is None else int(seed)
+    source = open_source(
+        data.data, root=data.data_root, split=data.split
+    )  # only to build: a folder is listed
     return _build(run, source, folder, wanted, seed, progress)
 
 
