@@ -45,11 +45,13 @@ def pattern_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def small_config(data: Path | str, out: Path, method: str = "deepcluster", **sections: dict) -> TrainConfig:
+def small_config(
+    data_path: Path | str, out: Path, method: str = "deepcluster", **sections: dict
+) -> TrainConfig:
     """A run of `method` (DeepCluster by default) that takes seconds: 16 px, k=8, batch 32, 2 epochs,
     checkpoint every 2 steps."""
     overrides = {
-        "data": {"data": str(data)},
+        "data": {"data": str(data_path)},
         "cluster": {"k": 8, "pca_dim": 16},
         "optim": {"batch_size": 32},
         "run": {

@@ -40,7 +40,9 @@ def _torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
         "-m", "deepcluster", "train", *args,
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    marks = ("Error", "error:", "terminate", "Traceback", "Signal")
+    why = "\n".join([line for line in done.stderr.splitlines() if any(m in line for m in marks)][:30])
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-2000:]}\n{why}\n{done.stderr[-2000:]}"
     return done
 
 

@@ -234,7 +234,7 @@ def test_a_memory_mapped_image_cache_gives_the_same_run_and_is_removed(
         seen.append((cache / "decoded-run.npy").is_file())
 
     config = small_config(npz_data, tmp_path / "run")
-    config.data.memory_limit_gb, config.data.cache_dir = 1e-9, str(cache)
+    config.data.cache, config.data.cache_dir = "disk", str(cache)
     Trainer(config, on_step=look).fit()
     assert seen and all(seen)
     assert not (cache / "decoded-run.npy").exists()

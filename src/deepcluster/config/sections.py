@@ -61,6 +61,9 @@ def _device_name(value: Any) -> str | None:
     return None if ok else "choose cpu, cuda, cuda:N or auto"
 
 
+CACHES = ("auto", "memory", "disk", "stream")
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how they are shown to the network."""
@@ -97,10 +100,17 @@ class DataConfig:
     decode_threads: int | None = option(
         None, "threads decoding images (default: all cores)", check=positive_or_none
     )
+    cache: str = option(
+        "auto",
+        "where decoded images live: memory (decoded once into RAM), disk (once into a memory-mapped file in "
+        "cache_dir), stream (decoded for each batch by data threads, no cache), auto (memory when the cache "
+        "fits memory_limit_gb, else stream)",
+        check=one_of(*CACHES),
+    )
     memory_limit_gb: float = option(
         16.0,
-        "largest decoded-image cache (uint8) and extracted-values array (float32) kept in RAM; a larger "
-        "one is a memory-mapped file in cache_dir",
+        "largest decoded-image cache (uint8, with cache=auto) and extracted-values array (float32) kept in RAM; "
+        "a larger array of values is a memory-mapped file in cache_dir",
         check=number(0, optional=False),
     )
     cache_dir: str | None = option(

@@ -8,6 +8,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ _COMPACT_CHUNK_BYTES = 64 * 1024 * 1024
 class DecodedImages:
     """A decoded-image cache: the kept images, their source indices and the images that failed to decode."""
 
-    images: torch.Tensor  # uint8 [M, 3, S, S], contiguous
+    images: Any  # uint8 [M, 3, S, S]: a contiguous tensor, or `stream.StreamedImages` (decoded on demand)
     indices: np.ndarray  # int64 [M] source index of each kept image (ascending)
     skipped: list[tuple[str, str]]  # (name, reason) of each image that could not be decoded
     size: int
@@ -60,27 +61,30 @@ def square_image(image: Image.Image, size: int, inner_size: int | None = None) -
     return image
 
 
-def _decode_one(
+def decode_into(
     source: ImageSource, index: int, size: int, out: torch.Tensor, inner_size: int | None = None
 ) -> str | None:
-    """Decode image ``index`` into ``out[index]``; return the failure reason, or None on success."""
+    """Decode image ``index`` into ``out`` (uint8 [3, size, size]); return the failure reason, or None."""
     try:
         image = square_image(source.load(index), size, inner_size)
         tensor = TF.pil_to_tensor(image)
         if tensor.shape != (3, size, size):
             return f"decoded to shape {tuple(tensor.shape)} instead of (3, {size}, {size})"
-        out[index].copy_(tensor)
+        out.copy_(tensor)
     except Exception as error:  # any failure of one image is reported and skipped, never fatal
         return f"{type(error).__name__}: {error}"
     return None
 
 
 def _decode_chunk(
-    source: ImageSource, start: int, stop: int, size: int, out: torch.Tensor, inner_size: int | None
+    source: ImageSource, start: int, stop: int, size: int, out: torch.Tensor | None, inner_size: int | None
 ) -> list[tuple[int, str]]:
+    """Decode images [start, stop) into their rows of ``out``, or (``out`` None) into one scratch row."""
+    scratch = torch.empty((3, size, size), dtype=torch.uint8) if out is None else None
     failures = []
     for index in range(start, stop):
-        reason = _decode_one(source, index, size, out, inner_size)
+        row = scratch if out is None else out[index]
+        reason = decode_into(source, index, size, row, inner_size)
         if reason is not None:
             failures.append((index, reason))
     return failures
@@ -128,6 +132,7 @@ def decode_images(
     log: logging.Logger | None = None,
     inner_size: int | None = None,
     cache_file: str | os.PathLike[str] | None = None,
+    keep: bool = True,
 ) -> DecodedImages:
     """Decode every image of ``source`` once into a uint8 [M, 3, size, size] tensor.
 
@@ -137,6 +142,8 @@ def decode_images(
     larger than memory; the operating system pages it in and out), else in RAM. Images that fail to load are
     skipped, logged (at most ``MAX_LISTED_FAILURES`` lines plus a summary) and listed in ``skipped``;
     ``indices`` maps kept rows back to source indices. Raises DataError when no image at all can be decoded.
+    With ``keep=False`` every image is decoded and dropped: only ``indices`` and ``skipped`` are found, and
+    ``images`` is an empty [0, 3, size, size] tensor (the first pass of a streamed run, `data.stream`).
     """
     log = log if log is not None else logging.getLogger(__name__)
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
@@ -148,7 +155,7 @@ def decode_images(
     if n == 0:
         raise DataError(f"{source.description}: holds no images")
     threads = num_threads if num_threads is not None else (os.cpu_count() or 1)
-    out = _allocate((n, 3, size, size), cache_file)
+    out = _allocate((n, 3, size, size), cache_file) if keep else None
     failures: list[tuple[int, str]] = []
     chunk = max(1, min(64, n // (threads * 8)))
     with tqdm(total=n, desc="decode", unit="img", disable=None if progress else True) as bar:
@@ -182,7 +189,10 @@ def decode_images(
     failed = [index for index, _ in failures]
     keep = np.ones(n, dtype=bool)
     keep[failed] = False
-    images = _compact(out, failed) if failed else out
+    if out is None:
+        images = torch.empty((0, 3, size, size), dtype=torch.uint8)
+    else:
+        images = _compact(out, failed) if failed else out
     return DecodedImages(
         images=images, indices=np.flatnonzero(keep).astype(np.int64), skipped=skipped, size=size
     )

@@ -91,7 +91,7 @@ GPU_CACHE_FRACTION = 0.25
 def images_on_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The decoded uint8 images, moved once to a CUDA device when they take at most `GPU_CACHE_FRACTION` of
     its free memory (batches are then gathered and augmented on the GPU, no host copy per step); else as is."""
-    if device.type != "cuda":
+    if device.type != "cuda" or not isinstance(images, torch.Tensor):  # streamed images stay streamed
         return images
     free, _ = torch.cuda.mem_get_info(device)
     if images.numel() * images.element_size() > GPU_CACHE_FRACTION * free:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deepcluster.data.stream import batches
 from deepcluster.engine.device import Precision
 from deepcluster.models import channels_last
 
@@ -32,8 +33,10 @@ def extract_features(
     n = images.shape[0]
     out: np.ndarray | None = None  # allocated once the first batch shows D: no list of chunks to concatenate
     bar = tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False)
-    for start in range(0, n, batch_size):
-        batch = images[start : start + batch_size].to(precision.device, non_blocking=True)
+    starts = range(0, n, batch_size)
+    parts = batches(images, (slice(start, start + batch_size) for start in starts))
+    for start, part in zip(starts, parts, strict=True):
+        batch = part.to(precision.device, non_blocking=True)
         x = channels_last(view(batch))
         with precision.autocast():
             y = forward(x).float().flatten(1).cpu().numpy()

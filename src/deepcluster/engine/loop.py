@@ -28,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from deepcluster.config import TrainConfig
+from deepcluster.data.stream import batches
 from deepcluster.engine.labels import format_stats
 from deepcluster.engine.session import Session
 from deepcluster.methods import METHODS
@@ -109,6 +110,12 @@ class Trainer(Session):
             total=self.steps_per_epoch, initial=state.step, desc=f"epoch {epoch} train", unit="batch",
             disable=None if self.progress else True, leave=False,
         )  # fmt: skip
+        first = state.step
+        parts = [
+            torch.as_tensor(indices[procs.batch_part(step, self.batch_size)])
+            for step in range(first, self.steps_per_epoch)
+        ]  # this process's part of each step's batch: the processes' parts together are the whole batch
+        feed = batches(images, (part.to(images.device) for part in parts))  # streamed: decoded ahead
         while state.step < self.steps_per_epoch:
             began = time.perf_counter()
             if self._run_due_updates(epoch):
@@ -116,10 +123,9 @@ class Trainer(Session):
                 nets.train()
                 updating += time.perf_counter() - began
             step = state.step
-            # This process's part of the step's batch: the processes' parts together are the whole batch.
-            batch = torch.as_tensor(indices[procs.batch_part(step, self.batch_size)])
+            batch = parts[step - first]
             generator = self.generator("augment", epoch, step)
-            x = self.train_view(images[batch.to(images.device)].to(device, non_blocking=True), generator)
+            x = self.train_view(next(feed).to(device, non_blocking=True), generator)
             x, targets = self.method.prepare_batch(x, labels[batch].to(device, non_blocking=True), generator)
             nets.set_lr(self._lr_factor(epoch, step))
             with self.precision.autocast():
@@ -141,6 +147,7 @@ class Trainer(Session):
             if self.on_step is not None:
                 self.on_step(self)
         bar.close()
+        feed.close()
         spent = time.perf_counter() - started - updating
         if (
             epoch == cfg.run.epochs - 1

@@ -1,5 +1,5 @@
 """What a run holds while it trains and gives back at the end: its processes, run directory, log file, decoded
-images (in RAM, or memory-mapped above `data.memory_limit_gb`), spill files and TensorBoard writer."""
+images (in RAM, a memory-mapped file, or streamed: `data.cache`), spill files and TensorBoard writer."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 from deepcluster.config import ConfigError, TrainConfig, dump_config
 from deepcluster.data.decode import DecodedImages, decode_images
 from deepcluster.data.sources import ImageSource
+from deepcluster.data.stream import StreamedImages, stream_images
 from deepcluster.engine.distributed import Processes, join_processes
 from deepcluster.storage import RunDir, RunLock, atomic_write_text
 
@@ -84,8 +85,9 @@ class RunResources:
 
     # ------------------------------------------------------------ images
     def decode(self, source: ImageSource, progress: bool) -> DecodedImages:
-        """Decode the data set once: in this process, or, under torchrun, once per machine by its first process
-        into a memory-mapped file that the machine's other processes map (one copy in the page cache)."""
+        """The run's images as `data.cache` says: decoded once into RAM (memory) or a memory-mapped file (disk;
+        under torchrun, once per machine by its first process, the machine's other processes map it: one copy
+        in the page cache), or streamed (readable images found once, decoded for each batch)."""
         cfg, procs, run_dir = self.config, self.procs, self._run_dir()
 
         def decode(cache_file: Path | None) -> DecodedImages:
@@ -94,9 +96,12 @@ class RunResources:
                 inner_size=cfg.data.input_size, cache_file=cache_file,
             )  # fmt: skip
 
+        size = int(cfg.data.resize or 0)
+        if self._cache_kind(len(source) * 3 * size * size) == "stream":
+            return self._stream(source, progress)
         if not procs.distributed:
-            size = int(cfg.data.resize or 0)
-            self._cache_path = self._spill_file("decoded", "decoded images", len(source) * 3 * size * size)
+            if cfg.data.cache == "disk":
+                self._cache_path = self._cache_folder() / f"decoded-{run_dir.root.name}.npy"
             return decode(self._cache_path)
         path = self._cache_folder() / f"decoded-{run_dir.root.name}-node{procs.node}.npy"
         decoded = decode(path) if procs.local_rank == 0 else None
@@ -114,6 +119,41 @@ class RunResources:
         mapped = np.load(path, mmap_mode="c")  # copy-on-write: never written, shared with the decoder's pages
         images = torch.from_numpy(mapped[: len(indices)])
         return DecodedImages(images=images, indices=indices, skipped=skipped, size=int(cfg.data.resize or 0))
+
+    def _cache_kind(self, n_bytes: int) -> str:
+        """data.cache, with auto resolved (memory when the decoded images fit data.memory_limit_gb, else stream;
+        the log says which) and memory turned into disk under torchrun (the processes of a machine share one
+        memory-mapped file)."""
+        data = self.config.data
+        kind = data.cache
+        if kind == "auto":
+            kind = "memory" if n_bytes <= data.memory_limit_gb * 1e9 else "stream"
+            if kind == "stream":
+                log.info(
+                    "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: streamed (decoded for each batch, "
+                    "no cache; data.cache=disk keeps a memory-mapped one)", n_bytes / 1e9, data.memory_limit_gb,
+                )  # fmt: skip
+        return "disk" if kind == "memory" and self.procs.distributed else kind
+
+    def _stream(self, source: ImageSource, progress: bool) -> DecodedImages:
+        """The readable images, streamed: the main process decodes each once to find them, the others take
+        its list (every process must agree on the image index)."""
+        cfg, procs = self.config, self.procs
+        found = None
+        if procs.is_main:
+            found = stream_images(
+                source, cfg.data.resize, num_threads=cfg.data.decode_threads, progress=progress, log=log,
+                inner_size=cfg.data.input_size,
+            )  # fmt: skip
+        indices, skipped = procs.all_gather_object(None if found is None else (found.indices, found.skipped))[
+            0
+        ]
+        if found is not None:
+            return found
+        images = StreamedImages(
+            source, indices, int(cfg.data.resize), cfg.data.input_size, cfg.data.decode_threads
+        )
+        return DecodedImages(images=images, indices=indices, skipped=skipped, size=int(cfg.data.resize))
 
     def allocate_features(self, n: int, d: int) -> np.ndarray:
         """Room for N x D float32 extracted values: in RAM up to data.memory_limit_gb, else a memory-mapped file

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb
 
@@ -95,7 +95,7 @@ class ShardSource(ImageSource):
         self._names = names
         if all(label is not None for label in labels):
             self._labels = np.asarray(labels, dtype=np.int64)
-        self._handles: dict[tuple[int, int], Any] = {}
+        self._handles: dict[tuple[int, int], int] = {}
         self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(names), None)
         if self._labels is not None:
             self.description = self.description.replace("no labels", "with classes")
@@ -134,23 +134,37 @@ class ShardSource(ImageSource):
         return len(self._names)
 
     def raw_bytes(self, index: int) -> bytes:
-        """The image member's bytes of sample `index` (a handle per shard and process, opened on first use)."""
+        """The image member's bytes of sample `index`. One descriptor per shard and process, opened on first
+        use, read with `os.pread` (a positional read, no shared file position): the decode threads share it."""
         index = self._check_index(index)
         shard = int(self._shard[index])
-        handle = self._handles.get((os.getpid(), shard))
-        if handle is None:  # a worker process forked from this one opens its own
-            handle = self._handles[(os.getpid(), shard)] = self.shards[shard].open("rb")
-        handle.seek(int(self._offset[index]))
-        data = handle.read(int(self._size[index]))
+        key = (os.getpid(), shard)  # a worker process forked from this one opens its own
+        fd = self._handles.get(key)
+        if fd is None:
+            fd = os.open(self.shards[shard], os.O_RDONLY)
+            first = self._handles.setdefault(key, fd)
+            if first != fd:  # another thread opened it at the same moment: keep one
+                os.close(fd)
+                fd = first
+        data = os.pread(fd, int(self._size[index]), int(self._offset[index]))
         if len(data) != self._size[index]:
             raise OSError(f"{self.shards[shard]}: truncated at sample {self._names[index]}")
         return data
 
     def load(self, index: int) -> Image.Image:
-        return _open_rgb(io.BytesIO(self.raw_bytes(index)))
+        data = self.raw_bytes(index)
+        try:
+            return _open_rgb(io.BytesIO(data))
+        except UnidentifiedImageError:  # PIL names the buffer object: say what it was
+            raise UnidentifiedImageError(f"not an image (a member of {len(data)} bytes)") from None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handles": {}}
+
+    def __del__(self) -> None:
+        for (pid, _), fd in getattr(self, "_handles", {}).items():
+            if pid == os.getpid():
+                os.close(fd)
 
 
 def _member(source: ImageSource, index: int) -> tuple[str, bytes]:
