@@ -130,7 +130,9 @@ def test_two_processes_stream_tar_shards_as_they_train_from_the_cache(folder: Pa
         ]  # fmt: skip
         env = dict(os.environ, OMP_NUM_THREADS="1")
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-        assert done.returncode == 0, done.stderr[-3000:]
+        marks = ("Error", "error:", "terminate", "Traceback", "Signal")
+        why = "\n".join([line for line in done.stderr.splitlines() if any(m in line for m in marks)][:30])
+        assert done.returncode == 0, f"{why}\n{done.stderr[-3000:]}"
         runs.append(out)
     skipped = (runs[1] / "skipped.txt").read_text()  # the broken file, by its name, as in a folder
     assert skipped.startswith("c2/broken.jpg\tUnidentifiedImageError: not an image (a member of 13 bytes)")

@@ -187,14 +187,14 @@ def decode_images(
             f"(first failure: {first_name}: {first_reason}); check the data path and file formats"
         )
     failed = [index for index, _ in failures]
-    keep = np.ones(n, dtype=bool)
-    keep[failed] = False
+    readable = np.ones(n, dtype=bool)
+    readable[failed] = False
     if out is None:
         images = torch.empty((0, 3, size, size), dtype=torch.uint8)
     else:
         images = _compact(out, failed) if failed else out
     return DecodedImages(
-        images=images, indices=np.flatnonzero(keep).astype(np.int64), skipped=skipped, size=size
+        images=images, indices=np.flatnonzero(readable).astype(np.int64), skipped=skipped, size=size
     )
 
 

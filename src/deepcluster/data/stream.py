@@ -126,8 +126,13 @@ def batches(images: torch.Tensor | StreamedImages, rows: Iterable[Any]) -> Itera
 def stream_images(source: ImageSource, size: int, **options: Any) -> DecodedImages:
     """Find the readable images of `source` (every image decoded once, nothing kept; bad ones reported and
     skipped as `decode_images`, which takes the same `options`, does) and return them as `StreamedImages`."""
-    found = decode_images(source, size, keep=False, **options)
-    threads, inner_size = options.get("num_threads"), options.get("inner_size")
-    return dataclasses.replace(
-        found, images=StreamedImages(source, found.indices, found.size, inner_size, threads)
+    return streamed(source, decode_images(source, size, keep=False, **options), **options)
+
+
+def streamed(source: ImageSource, found: DecodedImages, **options: Any) -> DecodedImages:
+    """`found` (its readable images, from `stream_images` here or in another process) as `StreamedImages`
+    decoded with `decode_images`'s `options` (num_threads, inner_size)."""
+    images = StreamedImages(
+        source, found.indices, found.size, options.get("inner_size"), options.get("num_threads")
     )
+    return dataclasses.replace(found, images=images)

@@ -18,7 +18,7 @@ import torch
 from deepcluster.config import ConfigError, TrainConfig, dump_config
 from deepcluster.data.decode import DecodedImages, decode_images
 from deepcluster.data.sources import ImageSource
-from deepcluster.data.stream import StreamedImages, stream_images
+from deepcluster.data.stream import stream_images, streamed
 from deepcluster.engine.distributed import Processes, join_processes
 from deepcluster.storage import RunDir, RunLock, atomic_write_text
 
@@ -89,18 +89,20 @@ class RunResources:
         under torchrun, once per machine by its first process, the machine's other processes map it: one copy
         in the page cache), or streamed (readable images found once, decoded for each batch)."""
         cfg, procs, run_dir = self.config, self.procs, self._run_dir()
+        options = {
+            "num_threads": cfg.data.decode_threads, "progress": progress, "log": log,
+            "inner_size": cfg.data.input_size,
+        }  # fmt: skip
 
         def decode(cache_file: Path | None) -> DecodedImages:
-            return decode_images(
-                source, cfg.data.resize, num_threads=cfg.data.decode_threads, progress=progress, log=log,
-                inner_size=cfg.data.input_size, cache_file=cache_file,
-            )  # fmt: skip
+            return decode_images(source, cfg.data.resize, cache_file=cache_file, **options)
 
         size = int(cfg.data.resize or 0)
-        if self._cache_kind(len(source) * 3 * size * size) == "stream":
-            return self._stream(source, progress)
-        if not procs.distributed:
-            if cfg.data.cache == "disk":
+        kind = self._cache_kind(len(source) * 3 * size * size)
+        if kind == "stream":
+            return self._stream(source, options)
+        if not procs.distributed:  # under torchrun the images are always in a file: one copy per machine
+            if kind == "disk":
                 self._cache_path = self._cache_folder() / f"decoded-{run_dir.root.name}.npy"
             return decode(self._cache_path)
         path = self._cache_folder() / f"decoded-{run_dir.root.name}-node{procs.node}.npy"
@@ -121,39 +123,30 @@ class RunResources:
         return DecodedImages(images=images, indices=indices, skipped=skipped, size=int(cfg.data.resize or 0))
 
     def _cache_kind(self, n_bytes: int) -> str:
-        """data.cache, with auto resolved (memory when the decoded images fit data.memory_limit_gb, else stream;
-        the log says which) and memory turned into disk under torchrun (the processes of a machine share one
-        memory-mapped file)."""
+        """data.cache, with auto resolved: memory when the decoded images fit data.memory_limit_gb, else stream
+        (the log says so)."""
         data = self.config.data
-        kind = data.cache
-        if kind == "auto":
-            kind = "memory" if n_bytes <= data.memory_limit_gb * 1e9 else "stream"
-            if kind == "stream":
-                log.info(
-                    "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: streamed (decoded for each batch, "
-                    "no cache; data.cache=disk keeps a memory-mapped one)", n_bytes / 1e9, data.memory_limit_gb,
-                )  # fmt: skip
-        return "disk" if kind == "memory" and self.procs.distributed else kind
+        if data.cache != "auto":
+            return data.cache
+        if n_bytes <= data.memory_limit_gb * 1e9:
+            return "memory"
+        log.info(
+            "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: streamed (decoded for each batch, no cache; "
+            "data.cache=disk keeps a memory-mapped one)", n_bytes / 1e9, data.memory_limit_gb,
+        )  # fmt: skip
+        return "stream"
 
-    def _stream(self, source: ImageSource, progress: bool) -> DecodedImages:
+    def _stream(self, source: ImageSource, options: dict[str, Any]) -> DecodedImages:
         """The readable images, streamed: the main process decodes each once to find them, the others take
         its list (every process must agree on the image index)."""
         cfg, procs = self.config, self.procs
-        found = None
-        if procs.is_main:
-            found = stream_images(
-                source, cfg.data.resize, num_threads=cfg.data.decode_threads, progress=progress, log=log,
-                inner_size=cfg.data.input_size,
-            )  # fmt: skip
-        indices, skipped = procs.all_gather_object(None if found is None else (found.indices, found.skipped))[
-            0
-        ]
+        found = stream_images(source, cfg.data.resize, **options) if procs.is_main else None
+        shared = procs.all_gather_object(None if found is None else (found.indices, found.skipped))[0]
         if found is not None:
             return found
-        images = StreamedImages(
-            source, indices, int(cfg.data.resize), cfg.data.input_size, cfg.data.decode_threads
-        )
-        return DecodedImages(images=images, indices=indices, skipped=skipped, size=int(cfg.data.resize))
+        indices, skipped = shared
+        empty = DecodedImages(images=None, indices=indices, skipped=skipped, size=int(cfg.data.resize))
+        return streamed(source, empty, **options)
 
     def allocate_features(self, n: int, d: int) -> np.ndarray:
         """Room for N x D float32 extracted values: in RAM up to data.memory_limit_gb, else a memory-mapped file
