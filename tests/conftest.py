@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -45,3 +46,20 @@ def _one_thread_per_worker() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_tmp_cleanup(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Directories a module's fixtures made with tmp_path_factory.mktemp are removed when the module ends, unless
+    one of its tests failed (pytest itself removes a passed test's tmp_path, tmp_path_retention_policy): the
+    suite's runs write checkpoints of up to ~200 MB, and kept to the session's end they filled CI's disk."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return
+    for path in set(base.iterdir()) - before:
+        shutil.rmtree(path, ignore_errors=True)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +52,12 @@ def small_config(
     data_path: Path | str, out: Path, method: str = "deepcluster", **sections: dict
 ) -> TrainConfig:
     """A run of `method` (DeepCluster by default) that takes seconds: 16 px, k=8, batch 32, 2 epochs,
-    checkpoint every 2 steps."""
+    checkpoint every 2 steps, on the small AlexNet's conv layers with global pooling (`alexnet_small_gap`, whose
+    checkpoints are 30 MB where the 4096-wide FC layers of `alexnet_small` make 200 MB: those took half of a
+    run's time and, kept, filled CI's disk). Tests of the FC network pass `model={"arch": "alexnet_small"}`."""
     overrides = {
         "data": {"data": str(data_path)},
+        "model": {"arch": "alexnet_small_gap"},
         "cluster": {"k": 8, "pca_dim": 16},
         "optim": {"batch_size": 32},
         "run": {
@@ -85,3 +91,18 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert [r["loss"] for r in records_a] == [r["loss"] for r in records_b]
     assert [r["kmeans_loss"] for r in records_a] == [r["kmeans_loss"] for r in records_b]
     assert (a / "labels.csv").read_text() == (b / "labels.csv").read_text()
+
+
+def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`deepcluster train ARGS` under `torchrun --standalone --nproc_per_node=2` (gloo, one torch thread per
+    process), which must succeed; a failure shows the processes' error lines."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "deepcluster", "train", *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    marks = ("Error", "error:", "terminate", "Traceback", "Signal")
+    why = "\n".join([line for line in done.stderr.splitlines() if any(m in line for m in marks)][:30])
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-2000:]}\n{why}\n{done.stderr[-2000:]}"
+    return done

@@ -18,7 +18,7 @@ from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 
 SMALL_RUN = ["--method", "deepcluster", "--k", "8", "--batch-size", "16", "--epochs", "2", "--seed", "3"]
-SMALL_RUN += ["--no-progress"]
+SMALL_RUN += ["--no-progress", "--arch", "alexnet_small_gap"]  # the network of synthetic.small_config
 SMALL_SET = ["--set", "cluster.pca_dim=16", "--set", "run.report=false"]
 
 

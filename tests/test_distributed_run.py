@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from deepcluster.engine.distributed import Processes, shard_range
 from deepcluster.methods import build_method
 from deepcluster.seeding import derive_seed
 from deepcluster.storage import RunDir, load_checkpoint
-from synthetic import write_pattern_npz
+from synthetic import torchrun, write_pattern_npz
 
 N_IMAGES = 160
 SEED = 3
@@ -33,23 +32,11 @@ EPOCH_SIZE = 64
 STEPS_PER_EPOCH = EPOCH_SIZE // BATCH
 
 
-def _torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "deepcluster", "train", *args,
-    ]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
-    marks = ("Error", "error:", "terminate", "Traceback", "Signal")
-    why = "\n".join([line for line in done.stderr.splitlines() if any(m in line for m in marks)][:30])
-    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-2000:]}\n{why}\n{done.stderr[-2000:]}"
-    return done
-
-
 def _train(data: Path, out: Path, *extra: str, epochs: int = 2) -> subprocess.CompletedProcess[str]:
-    return _torchrun(
+    return torchrun(
         [
-            "--method", "deepcluster", "--data", str(data), "--out", str(out), "--k", "8", "--batch-size", str(BATCH),
+            "--method", "deepcluster", "--arch", "alexnet_small_gap", "--data", str(data), "--out", str(out),
+            "--k", "8", "--batch-size", str(BATCH),
             "--epoch-size", str(EPOCH_SIZE), "--epochs", str(epochs), "--seed", str(SEED), "--no-progress",
             "--save-features", "--set", "cluster.pca_dim=16", "--set", "optim.schedule=constant",
             "--set", "run.checkpoint_every=0", "--set", "run.report=false", *extra,
@@ -122,7 +109,7 @@ def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_pat
     assert np.bincount(last, minlength=8).min() >= 1
 
     _train(data, broken, "--distributed-kmeans", epochs=1)
-    _torchrun(["--resume", str(broken), "--epochs", "2", "--no-progress"], tmp_path)
+    torchrun(["--resume", str(broken), "--epochs", "2", "--no-progress"], tmp_path)
     ours = load_checkpoint(broken / "checkpoints/last.pt")
     theirs = load_checkpoint(whole / "checkpoints/last.pt")
     for name, value in theirs["model"].items():
@@ -169,7 +156,7 @@ def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
 
     run, section = tmp_path / method, method.replace("-", "_")
     done = _train(
-        data, run, "--method", method, "--arch", "alexnet_small_gap",  # large 16 px and small 8 px crops
+        data, run, "--method", method,  # alexnet_small_gap: large 16 px and small 8 px crops
         *[f"--set={section}.{key}" for key in ("n_sets=2", "n_small=2", "hidden=32", "out_dim=16")],
         f"--set={section}.labels_from=bank", f"--set={section}.final_labels=bank",  # no pass after the first
     )  # fmt: skip

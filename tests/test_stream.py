@@ -5,9 +5,6 @@ under a run is named."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ from deepcluster.data.sources.shards import write_shards
 from deepcluster.data.stream import PREFETCH, StreamedImages, batches, stream_images
 from deepcluster.engine.trainer import Trainer, resume, train
 from deepcluster.storage import load_checkpoint
-from synthetic import assert_same_run, noise_image, small_config
+from synthetic import assert_same_run, noise_image, small_config, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -121,18 +118,12 @@ def test_two_processes_stream_tar_shards_as_they_train_from_the_cache(folder: Pa
     runs = []
     for cache in ("memory", "stream"):
         out = tmp_path / cache
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-            "deepcluster", "train", "--data", str(tmp_path / "shards" / "part-{00..03}.tar"), "--out", str(out),
+        torchrun([
+            "--data", str(tmp_path / "shards" / "part-{00..03}.tar"), "--out", str(out), "--arch", "alexnet_small_gap",
             "--k", "8", "--batch-size", "32", "--epoch-size", "64", "--epochs", "2", "--seed", "3",
             "--no-progress", "--save-features", "--set", "cluster.pca_dim=16", "--set", "run.report=false",
             "--set", f"data.cache={cache}", "--set", "data.input_size=16",
-        ]  # fmt: skip
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-        marks = ("Error", "error:", "terminate", "Traceback", "Signal")
-        why = "\n".join([line for line in done.stderr.splitlines() if any(m in line for m in marks)][:30])
-        assert done.returncode == 0, f"{why}\n{done.stderr[-3000:]}"
+        ], tmp_path)  # fmt: skip
         runs.append(out)
     skipped = (runs[1] / "skipped.txt").read_text()  # the broken file, by its name, as in a folder
     assert skipped.startswith("c2/broken.jpg\tUnidentifiedImageError: not an image (a member of 13 bytes)")

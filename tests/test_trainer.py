@@ -50,7 +50,7 @@ def write_folder(root: Path, n: int = 200) -> None:
 def test_two_epochs_on_a_folder_write_the_whole_run_directory(tmp_path: Path) -> None:
     write_folder(tmp_path / "images")
     out = tmp_path / "run"
-    result = train(small_config(tmp_path / "images", out))
+    result = train(small_config(tmp_path / "images", out, model={"arch": "alexnet_small"}))  # FC layers
 
     # Corrupt and truncated files are reported by path and skipped; the run goes on with the rest.
     skipped = (out / "skipped.txt").read_text()
@@ -90,7 +90,7 @@ def test_save_features_writes_the_last_clustering_features(npz_data: Path, tmp_p
     config = small_config(npz_data, tmp_path / "run", run={"epochs": 1, "save_features": True})
     train(config)
     features = np.load(tmp_path / "run" / "features.npy")
-    assert features.shape == (160, 4096) and np.isfinite(features).all()
+    assert features.shape == (160, 256) and np.isfinite(features).all()  # alexnet_small_gap's conv5
 
 
 # ---------------------------------------------------------------- exact resume
@@ -160,7 +160,7 @@ def test_every_clustering_gets_a_fresh_top_layer(npz_data: Path, tmp_path: Path)
 
     Trainer(config, on_step=watch).fit()
     assert seen[0][0] != seen[1][0]
-    fresh = ClassifierHead(4096, 8, generator=torch_generator(derive_seed(3, "heads", 1))).linear.weight
+    fresh = ClassifierHead(256, 8, generator=torch_generator(derive_seed(3, "heads", 1))).linear.weight
     # After one SGD step the new head is still next to its fresh initialisation, far from the old head.
     assert (seen[1][1] - fresh).norm() < 0.1 * (last_weight[0] - fresh).norm()
     assert 0.008 < float(fresh.detach().std()) < 0.012

@@ -105,7 +105,8 @@ def test_the_global_pooling_alexnet_takes_crops_of_any_size() -> None:
 
 def test_a_redirected_log_gets_no_progress_bars(npz_data: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "deepcluster", "train", "--data", str(npz_data), "--out", str(tmp_path / "run"),
-               "--k", "8", "--epochs", "1", "--batch-size", "32", "--set", "cluster.pca_dim=16",
+               "--method", "deepcluster", "--arch", "alexnet_small_gap", "--k", "8", "--epochs", "1",
+               "--batch-size", "32", "--set", "cluster.pca_dim=16",
                "--set", "run.report=false"]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, check=False)  # stderr is a pipe, not a TTY
     assert done.returncode == 0, done.stderr

@@ -20,8 +20,8 @@ METHODS = {
     "deepcluster": {},
     "deepercluster": {"deepercluster": {"super_clusters": 2}},
     "sela": {"sela": {"heads": 2}},
-    "deepcluster-v2": {"model": {"arch": "alexnet_small"}},
-    "sela-v2": {"model": {"arch": "alexnet_small"}},
+    "deepcluster-v2": {},
+    "sela-v2": {},
 }
 
 
@@ -39,8 +39,13 @@ def runs(npz_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
         run = {"save_features": True, "epochs": 1}
         train(small_config(npz_data, made[method], method=method, run=run, **sections))
     made["transfer"] = root / "transfer"
-    labels = str(made["deepcluster"] / "labels.csv")
-    transfer = {"labels": labels}
+    # Transfer of the images' true kinds (4 classes), which a network learns in a few epochs whatever the
+    # precision; a 1-epoch run's clusters of 160 images were too close to noise to learn reliably.
+    table = RunDir(made["deepcluster"]).read_labels()
+    labels = root / "kinds.csv"
+    RunDir(root).write_labels_csv(table.indices, table.names, table.true_labels, table.true_labels)
+    (root / "labels.csv").rename(labels)
+    transfer = {"labels": str(labels)}
     train(small_config(npz_data, made["transfer"], method="transfer", transfer=transfer, run={"epochs": 4}))
     return made
 
@@ -75,7 +80,7 @@ def test_label_transfer_assigns_with_its_head(runs: dict[str, Path]) -> None:
     given = RunDir(runs["transfer"]).read_labels().labels[:, 0]
     assert prediction.score_name == "probability" and prediction.labels.shape == (160, 1)
     assert np.all((prediction.score >= prediction.runner_score) & (prediction.score <= 1.0))
-    assert (prediction.labels[:, 0] == given).mean() > 1.5 / 8  # the head learned its labels (chance: 1/8)
+    assert (prediction.labels[:, 0] == given).mean() > 0.5  # the head learned its labels (chance: 1/4)
     import torch
 
     batch = next(run.batches(images[:10])).images
@@ -95,7 +100,8 @@ def test_embed_gives_the_features_the_run_computed(runs: dict[str, Path], tmp_pa
     assert names == RunDir(run_dir).read_labels().names
     run = deepcluster.load(run_dir)
     images, _ = pattern_images(160)
-    assert np.array_equal(run.embed(images[:40]), expected[:40])  # uint8 arrays, as given in Python
+    # uint8 arrays, as given in Python; in batches of another size than the run's, so equal to rounding
+    np.testing.assert_allclose(run.embed(images[:40]), expected[:40], rtol=0, atol=1e-6)
     conv = run.embed(list(images[:3]), layer="conv2")
     assert conv.shape[0] == 3 and np.allclose(np.linalg.norm(conv, axis=1), 1.0, atol=1e-5)
 

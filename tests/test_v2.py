@@ -29,10 +29,9 @@ def npz_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def v2_config(method: str, data: Path, out: Path, **sections: dict):
-    """Seconds per run (`small_config` with 16 px AlexNet, 2 sets, 2 large + 2 small crops, labels from the
-    bank)."""
+    """Seconds per run (`small_config` with 16 px alexnet_small_gap, 2 sets, 2 large + 2 small crops, labels from
+    the bank)."""
     overrides = {
-        "model": {"arch": "alexnet_small"},
         "optim": {"lr": 0.05},
         method.replace("-", "_"): {
             "n_sets": 2,

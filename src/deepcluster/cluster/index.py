@@ -15,10 +15,10 @@ efSearch 64, 87 % at 128) in 0.13 ms a query (batch). `NPROBE` = 16 of the 900-4
 asked for): 0.9999 at 100k. Structureless (uniform) vectors defeat both (0.16 IVF, 0.33 HNSW at 100k);
 embeddings are clustered, which IVF relies on. `search(..., nprobe=...)` trades time for recall.
 
-`DUPLICATE_THRESHOLD` = 0.95: a resized or re-encoded copy moves an embedding a little (cosine 0.97-0.999 for
-noise of norm 0.05-0.25 in the tests); another image of the same class sits lower (about 0.5 within the
-benchmark's mixture, where no pair reaches 0.95; 0.8 for the tests' same-class pair). The CLI's default is to
-be chosen from a trained network's embeddings of real copies.
+`duplicate_groups` takes its threshold from the caller: on synthetic vectors a resized or re-encoded copy keeps a
+cosine of 0.97-0.999 (noise of norm 0.05-0.25 in the tests) while another image of the same class sits lower
+(about 0.5 within the benchmark's mixture); the run's index (`deepcluster.use.search`) chose its default, 0.8, on
+a trained network's whitened embeddings of real copies (benchmarks/use.py).
 
 `search` returns [Q, k]: places beyond what the index found (k > N, or an approximate search that found fewer)
 hold id -1 and score -inf (padded, never clipped). Files: a 4096-byte header (magic line, JSON: format, kind,
@@ -54,7 +54,6 @@ KINDS = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX_VECTORS = 50_000  # "auto": exact up to this many vectors, IVF above
 IVF_LISTS_PER_SQRT_N, TRAIN_POINTS_PER_LIST, NPROBE = 4, 64, 16  # IVF: nlist per sqrt(N), training, search
 HNSW_M, EF_CONSTRUCTION, EF_SEARCH = 32, 40, 64
-DUPLICATE_THRESHOLD = 0.95  # cosine from which two embeddings count as copies of one image
 DUPLICATE_NEIGHBOURS = 16  # neighbours per vector that duplicate_groups examines on an approximate index
 
 FILE_FORMAT, MAGIC = 1, b"DEEPCLUSTER-INDEX\n"
@@ -286,7 +285,7 @@ def _join(labels: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.
 
 
 def duplicate_groups(
-    vectors: np.ndarray, threshold: float = DUPLICATE_THRESHOLD, index: faiss.Index | None = None, *,
+    vectors: np.ndarray, threshold: float, index: faiss.Index | None = None, *,
     neighbours: int = DUPLICATE_NEIGHBOURS, seed: int = 0,
 ) -> list[list[int]]:  # fmt: skip
     """Groups of near-duplicate rows: the connected components (of two rows or more) of the graph whose edges

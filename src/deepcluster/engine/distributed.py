@@ -9,6 +9,7 @@ is on CUDA GPUs (one per process, cuda:LOCAL_RANK) and gloo on CPUs.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -182,9 +183,13 @@ class Processes:
             find_unused_parameters=not every_parameter_used,
         )
 
-    def close(self) -> None:
-        """Leave the process group (if this object's set-up joined one)."""
+    def close(self, wait: bool = False) -> None:
+        """Leave the process group (if this object's set-up joined one), after a barrier when `wait`: no
+        process then tears its connections down while another is still in a collective."""
         if self.owns_group and dist.is_initialized():
+            gc.collect()  # what still refers to the group (a dropped DDP wrapper's cycles) goes now, not at exit
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
 
 

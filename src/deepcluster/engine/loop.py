@@ -67,6 +67,7 @@ class Trainer(Session):
 
     def fit(self) -> RunResult:
         """Run (or continue) every epoch, then write labels.csv; returns labels and the trained backbone."""
+        finished = False
         try:
             self.setup()
             started = time.perf_counter()
@@ -86,11 +87,14 @@ class Trainer(Session):
                 if assigner is not None:
                     self.run_dir.write_assigner(self.config.method, assigner)
             log.info("finished: %s", json.dumps(self.state.history[-1]) if self.state.history else "no epoch")
+            finished = True
             return RunResult(
                 self.run_dir.root, labels, self.data.indices, self.state.history, self.backbone, self.config
             )
         finally:
-            self.resources.close()
+            if getattr(self, "nets", None) is not None:
+                self.nets.unwrap()
+            self.resources.close(finished)
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self, epoch: int) -> None:

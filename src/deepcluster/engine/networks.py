@@ -59,6 +59,13 @@ class Networks:
         optim = self.config.optim
         self.head_optimizer = _sgd(self.heads.parameters(), optim.head_lr or optim.lr, self.config)
 
+    def unwrap(self) -> None:
+        """Drop the DDP wrappers (the training modules become the modules themselves): a wrapper holds the
+        process group, which therefore outlived destroy_process_group and had gloo's threads still running
+        when the interpreter shut down (an occasional SIGABRT at the end of a torchrun run)."""
+        self.train_backbone = self.backbone
+        self.train_heads = self.heads
+
     def set_lr(self, factor: float) -> None:
         """Learning rates at `factor` times their base (optim.lr; optim.head_lr or lr for the heads)."""
         optim = self.config.optim
@@ -88,12 +95,14 @@ class Networks:
         self.head_optimizer.step()
 
     def first_non_finite(self) -> str | None:
-        """'backbone weight NAME' (or 'head weight NAME') of the first parameter that is NaN or infinite."""
+        """'backbone weight NAME' (or 'head weight NAME', 'backbone buffer NAME') of the first parameter or
+        floating buffer (batch norm's running statistics) that is NaN or infinite."""
         modules = [("backbone", self.backbone)] + ([("head", self.heads)] if self.heads is not None else [])
         for owner, module in modules:
-            for name, param in module.named_parameters():
-                if not bool(torch.isfinite(param).all()):
-                    return f"{owner} weight {name}"
+            for kind, named in (("weight", module.named_parameters()), ("buffer", module.named_buffers())):
+                for name, value in named:
+                    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                        return f"{owner} {kind} {name}"
         return None
 
     def state(self) -> dict[str, Any]:

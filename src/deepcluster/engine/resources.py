@@ -195,15 +195,16 @@ class RunResources:
                 self.writer.add_scalar(f"epoch/{key}", value, epoch)
         self.writer.flush()
 
-    def close(self) -> None:
-        """Remove the decoded-image cache, leave the process group, close the writer and the log file."""
+    def close(self, finished: bool = False) -> None:
+        """Remove the decoded-image cache, leave the process group (after waiting for every process when the
+        run `finished`; a failed one may have lost the others), close the writer and the log file."""
         # A mapped file can be unlinked on POSIX: its pages stay valid while in use.
         if self._cache_path is not None:
             self._cache_path.unlink(missing_ok=True)
             if not self.config.data.cache_dir:
                 with contextlib.suppress(OSError):  # the run's own cache folder, once empty
                     self._cache_path.parent.rmdir()
-        self.procs.close()
+        self.procs.close(wait=finished)
         if self.writer is not None:
             self.writer.close()
             self.writer = None

@@ -94,7 +94,9 @@ class TrainedRun:
         logits = self._forward(
             lambda x: self.heads(self.backbone(x)), images
         )  # labels given: the heads' argmax
-        per_head = logits.reshape(len(logits), -1, int(self.config.cluster.k))
+        # A head's classes: a transfer run's come from its labels.csv, not cluster.k.
+        n_out = int(getattr(self.heads, "n_out", self.config.cluster.k))
+        per_head = logits.reshape(len(logits), -1, n_out)
         probs = torch.softmax(torch.from_numpy(per_head).double(), dim=-1).numpy()
         return stack([top2(probs[:, h], largest=True) for h in range(probs.shape[1])], "probability")
 
