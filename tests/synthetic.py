@@ -52,9 +52,10 @@ def small_config(
     data_path: Path | str, out: Path, method: str = "deepcluster", **sections: dict
 ) -> TrainConfig:
     """A run of `method` (DeepCluster by default) that takes seconds: 16 px, k=8, batch 32, 2 epochs,
-    checkpoint every 2 steps, on the small AlexNet's conv layers with global pooling (`alexnet_small_gap`, whose
-    checkpoints are 30 MB where the 4096-wide FC layers of `alexnet_small` make 200 MB: those took half of a
-    run's time and, kept, filled CI's disk). Tests of the FC network pass `model={"arch": "alexnet_small"}`."""
+    checkpoint every 2 steps, no k-NN monitor, on the small AlexNet's conv layers with global pooling
+    (`alexnet_small_gap`, whose checkpoints are 30 MB where the 4096-wide FC layers of `alexnet_small` make
+    200 MB: those took half of a run's time and, kept, filled CI's disk). Tests of the FC network pass
+    `model={"arch": "alexnet_small"}`."""
     overrides = {
         "data": {"data": str(data_path)},
         "model": {"arch": "alexnet_small_gap"},
@@ -67,6 +68,7 @@ def small_config(
             "checkpoint_every": 2,
             "seed": 3,
             "report": False,
+            "knn_monitor": 0,  # an extra pass each epoch; the tests of the monitor turn it on
         },
     }
     for section, values in sections.items():

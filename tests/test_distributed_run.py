@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def _train(data: Path, out: Path, *extra: str, epochs: int = 2) -> subprocess.Co
             "--k", "8", "--batch-size", str(BATCH),
             "--epoch-size", str(EPOCH_SIZE), "--epochs", str(epochs), "--seed", str(SEED), "--no-progress",
             "--save-features", "--set", "cluster.pca_dim=16", "--set", "optim.schedule=constant",
-            "--set", "run.checkpoint_every=0", "--set", "run.report=false", *extra,
+            "--set", "run.checkpoint_every=0", "--set", "run.report=false", "--set", "run.knn_monitor=0", *extra,
         ],
         out.parent,
     )  # fmt: skip
@@ -108,8 +109,13 @@ def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_pat
     np.testing.assert_array_equal(last, _single_process_labels(whole, kmeans_backend="torch"))
     assert np.bincount(last, minlength=8).min() >= 1
 
-    _train(data, broken, "--distributed-kmeans", epochs=1)
-    torchrun(["--resume", str(broken), "--epochs", "2", "--no-progress"], tmp_path)
+    # The run as a kill after its first epoch leaves it: the epoch-0 checkpoint (kept as previous.pt) is last.
+    shutil.copytree(whole, broken)
+    os.replace(broken / "checkpoints/previous.pt", broken / "checkpoints/last.pt")
+    assert load_checkpoint(broken / "checkpoints/last.pt")["loop"]["epoch"] == 1
+    for later in ("labels.csv", "labels/epoch_001.npy", "features.npy"):
+        (broken / later).unlink()
+    torchrun(["--resume", str(broken), "--no-progress"], tmp_path)
     ours = load_checkpoint(broken / "checkpoints/last.pt")
     theirs = load_checkpoint(whole / "checkpoints/last.pt")
     for name, value in theirs["model"].items():

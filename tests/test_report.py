@@ -73,8 +73,8 @@ def test_training_builds_the_report_with_curves_grids_and_filters(deepcluster_ru
     [
         ("sela", {"sela": {"heads": 2}}),
         ("deepercluster", {"deepercluster": {"super_clusters": 2}}),
-        ("deepcluster-v2", {"deepcluster_v2": {"n_sets": 2, "hidden": 32}}),
-        ("sela-v2", {"sela_v2": {"n_sets": 2, "hidden": 32}}),
+        ("deepcluster-v2", {"deepcluster_v2": {"n_sets": 2, "n_small": 2, "hidden": 32}}),
+        ("sela-v2", {"sela_v2": {"n_sets": 2, "n_small": 2, "hidden": 32}}),
     ],
 )
 def test_every_method_gets_a_report(npz_data: Path, tmp_path: Path, method: str, sections: dict) -> None:

@@ -20,8 +20,8 @@ METHODS = {
     "deepcluster": {},
     "deepercluster": {"deepercluster": {"super_clusters": 2}},
     "sela": {"sela": {"heads": 2}},
-    "deepcluster-v2": {},
-    "sela-v2": {},
+    "deepcluster-v2": {"deepcluster_v2": {"n_sets": 2, "n_small": 2, "hidden": 32}},
+    "sela-v2": {"sela_v2": {"n_sets": 2, "n_small": 2, "hidden": 32}},
 }
 
 
@@ -116,7 +116,7 @@ def test_images_come_as_paths_pil_arrays_and_tensors(runs: dict[str, Path], tmp_
     forms = [str(path), Image.fromarray(images[0]), images[0], torch.from_numpy(images[0]).permute(2, 0, 1)]
     embeddings = run.embed(forms)
     assert np.allclose(embeddings, embeddings[0], atol=1e-6)
-    assert run.assign(forms).labels.shape == (4, 3)
+    assert run.assign(forms).labels.shape == (4, 2)  # one label per prototype set (n_sets=2)
 
 
 def test_a_folder_with_corrupt_files_is_embedded_with_them_skipped(

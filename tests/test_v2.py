@@ -148,7 +148,7 @@ def v2_run(request: pytest.FixtureRequest, npz_data: Path, tmp_path_factory: pyt
     def watch(trainer: Trainer) -> None:  # after each step: the rows trained on and the bank
         seen.append(trainer.method.bank.clone())
 
-    trainer = Trainer(v2_config(request.param, npz_data, out), on_step=watch)
+    trainer = Trainer(v2_config(request.param, npz_data, out, run={"knn_monitor": 100}), on_step=watch)
     result = trainer.fit()
     return request.param, out, result, trainer, seen
 
