@@ -142,7 +142,12 @@ def run_fast(spec: dict) -> dict:
     config = apply_overrides(
         preset_config("default"),
         {
-            "data": {"data": spec["data"], "split": spec["split"], "input_size": spec["size"]},
+            "data": {
+                "data": spec["data"],
+                "split": spec["split"],
+                "input_size": spec["size"],
+                "cache": spec.get("cache", "auto"),
+            },  # fmt: skip
             "model": {"arch": spec["arch"]},
             "cluster": {"k": spec["k"]},
             "optim": {"batch_size": spec["batch_size"], "epoch_size": spec["train_images"]},
@@ -322,6 +327,10 @@ def main() -> None:
         "--workers", type=int, default=os.cpu_count() or 1, help="reference DataLoader workers"
     )
     parser.add_argument("--no-reference", action="store_true", help="skip the reference pipeline")
+    parser.add_argument(
+        "--caches",
+        help="comma-separated data.cache values (memory, stream, disk): the fast path once with each, compared",
+    )
     parser.add_argument("--scaling", help="comma-separated N: fast path at each size, growth fitted")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--progress", action="store_true")
@@ -389,6 +398,17 @@ def main() -> None:
             f"  {'epoch':<8} {epoch_ratio:6.2f}x   ({with_decode:.2f}x counting the fast path's one-off decode)"
         )
         report["speedup_epoch"] = epoch_ratio
+    if args.caches:
+        report["caches"] = {}
+        print("\nfast path by data.cache (same images, same run):")
+        print(f"  {'cache':<8} {'epoch s':>8} {'decode+setup s':>15} {'wall s':>8} {'peak RSS GB':>12}")
+        for cache in args.caches.split(","):
+            run = in_child("fast", {**spec, "cache": cache, "out": str(work / f"fast-{cache}")})
+            epoch = sum(run["seconds"].values())
+            wall = epoch + run["decode_and_setup_seconds"]
+            print(f"  {cache:<8} {epoch:8.1f} {run['decode_and_setup_seconds']:15.1f} {wall:8.1f} "
+                  f"{run['peak_rss_gb']:12.2f}", flush=True)  # fmt: skip
+            report["caches"][cache] = run
     if args.scaling:
         sizes = [int(s) for s in args.scaling.split(",")]
         runs = [in_child("fast", spec_for(n, args.train_images, f"fast-{n}")) for n in sizes]
