@@ -140,7 +140,7 @@ def run_fast(spec: dict) -> dict:
     from deepcluster.engine.trainer import train
 
     config = apply_overrides(
-        preset_config("default"),
+        preset_config("default", method="deepcluster"),  # the paper's method, as the reference runs it
         {
             "data": {
                 "data": spec["data"],
