@@ -33,12 +33,12 @@ EPOCH_SIZE = 64
 STEPS_PER_EPOCH = EPOCH_SIZE // BATCH
 
 
-def _train(data: Path, out: Path, *extra: str, epochs: int = 2) -> subprocess.CompletedProcess[str]:
+def _train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return torchrun(
         [
             "--method", "deepcluster", "--arch", "alexnet_small_gap", "--data", str(data), "--out", str(out),
             "--k", "8", "--batch-size", str(BATCH),
-            "--epoch-size", str(EPOCH_SIZE), "--epochs", str(epochs), "--seed", str(SEED), "--no-progress",
+            "--epoch-size", str(EPOCH_SIZE), "--epochs", "2", "--seed", str(SEED), "--no-progress",
             "--save-features", "--set", "cluster.pca_dim=16", "--set", "optim.schedule=constant",
             "--set", "run.checkpoint_every=0", "--set", "run.report=false", "--set", "run.knn_monitor=0", *extra,
         ],
