@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from deepcluster.cli import main
-from deepcluster.data.sources import DataError, ShardSource, open_source
+from deepcluster.data.sources import DataError, ShardSource, open_source, write_shards
 from deepcluster.engine.trainer import train
 from deepcluster.storage import RunDir
 from synthetic import noise_image, small_config
@@ -40,11 +40,24 @@ def test_folder_to_shards_round_trip(
     assert isinstance(shards, ShardSource) and len(shards) == len(original) == 69
     assert [shards.name(i) for i in range(69)] == [original.name(i) for i in range(69)]
     assert np.array_equal(shards.labels, original.labels)
+    assert shards.classes == original.classes == ["cat", "dog", "owl"]
     for i in range(69):
         assert shards.raw_bytes(i) == Path(original.path(i)).read_bytes()  # the original file, byte for byte
         assert np.array_equal(np.asarray(shards.load(i)), np.asarray(original.load(i)))
     globbed = open_source(str(tmp_path / "shards" / "train-*.tar"))
     assert [globbed.name(i) for i in range(69)] == [original.name(i) for i in range(69)]
+
+
+def test_an_interrupted_writer_leaves_whole_shards_only(folder: Path, tmp_path: Path) -> None:
+    def stop_at_image_45(index: int) -> None:
+        if index == 45:
+            raise KeyboardInterrupt  # what a Ctrl-C in the middle of the third shard raises
+
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(open_source(folder), str(tmp_path / "out" / "train-%06d.tar"), 20, stop_at_image_45)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["train-000000.tar", "train-000001.tar"]
+    whole = open_source(str(tmp_path / "out" / "train-{000000..000001}.tar"))
+    assert len(whole) == 40 and whole.name(39) == open_source(folder).name(39)
 
 
 def _shard(path: Path, members: list[tuple[str, bytes]]) -> None:

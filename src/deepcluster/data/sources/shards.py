@@ -4,8 +4,8 @@ A shard is a tar file whose members are grouped into samples by key, the WebData
 `dir/000123.cls` and `dir/000123.name` are the members "jpg", "cls" and "name" of sample `dir/000123` (the key
 is the member's path up to the first dot of its file name). A sample's image is its first member with an image
 extension (`IMAGE_MEMBERS`); "cls" (or "label", "class"), a decimal integer, is its true class, for evaluation
-only; "name", when present, is the image's name (what `deepcluster shards` stores: the original file's name),
-else the name is `SHARD:KEY`.
+only, and "classname" that class's name; "name", when present, is the image's name (what `deepcluster shards`
+stores: the original file's name), else the name is `SHARD:KEY`.
 
 The source reads the shards' tar headers once when it opens (a sample table: shard, offset, size, in shard
 order, then member order) and then reads any image directly at its offset, so the image index is stable and
@@ -14,7 +14,8 @@ indices over torchrun processes and data workers) works on shards. A member that
 by `SHARD:KEY` and skipped, as any bad image is.
 
 `write_shards` makes shards from any source (`deepcluster shards FOLDER OUT --per-shard N`) with webdataset's
-`ShardWriter`: the original file's bytes, its extension, its name and its class.
+`TarWriter`, one shard at a time renamed into place when whole: the original file's bytes, its extension, its
+name, its class and the class's name.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb
+from deepcluster.storage.files import atomic_write
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff", "gif")
 CLASS_MEMBERS = ("cls", "label", "class")
+CLASS_NAME_MEMBER = "classname"
+"""The member with the class's name (a folder's class folder), beside its number in "cls"."""
 _SHARD_MARKS = ("{", "*", "?")
 
 
@@ -73,6 +77,16 @@ def _split_name(member: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), extension.lower() if dot else ""
 
 
+def _class_list(labels: np.ndarray, names: dict[int, set[str]]) -> list[str] | None:
+    """The class names by class number, when every class in `labels` has exactly one name and the numbers run
+    from 0 (as `deepcluster shards` writes them); else None (classes known by number only)."""
+    if labels.min() < 0 or any(len(found) != 1 for found in names.values()):
+        return None
+    if set(names) != set(range(int(labels.max()) + 1)):
+        return None
+    return [next(iter(names[c])) for c in range(len(names))]
+
+
 class ShardSource(ImageSource):
     """The samples of a list of WebDataset tar shards, in order (see the module's notes)."""
 
@@ -80,6 +94,7 @@ class ShardSource(ImageSource):
         self.spec = spec
         self.shards = expand_shards(spec)
         shard_ids, offsets, sizes, names, labels = [], [], [], [], []
+        class_names: dict[int, set[str]] = {}
         for number, path in enumerate(self.shards):
             for sample in self._scan(path):
                 shard_ids.append(number)
@@ -87,6 +102,8 @@ class ShardSource(ImageSource):
                 sizes.append(sample["size"])
                 names.append(sample["name"])
                 labels.append(sample["label"])
+                if sample["label"] is not None and sample["class_name"]:
+                    class_names.setdefault(sample["label"], set()).add(sample["class_name"])
         if not names:
             raise DataError(f"--data {spec}: the {len(self.shards)} shard(s) hold no image members")
         self._shard = np.asarray(shard_ids, dtype=np.int32)
@@ -95,9 +112,10 @@ class ShardSource(ImageSource):
         self._names = names
         if all(label is not None for label in labels):
             self._labels = np.asarray(labels, dtype=np.int64)
+            self._classes = _class_list(self._labels, class_names)
         self._handles: dict[tuple[int, int], int] = {}
-        self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(names), None)
-        if self._labels is not None:
+        self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(names), self._classes)
+        if self._labels is not None and self._classes is None:
             self.description = self.description.replace("no labels", "with classes")
 
     def _scan(self, path: Path) -> list[dict[str, Any]]:
@@ -112,7 +130,7 @@ class ShardSource(ImageSource):
                     sample = samples.setdefault(key, {"key": key})
                     if extension in IMAGE_MEMBERS and "offset" not in sample:
                         sample["offset"], sample["size"] = member.offset_data, member.size
-                    elif extension in CLASS_MEMBERS or extension == "name":
+                    elif extension in (*CLASS_MEMBERS, CLASS_NAME_MEMBER, "name"):
                         handle = tar.extractfile(member)
                         text = handle.read(1 << 16) if handle else b""
                         sample[extension] = text.decode("utf-8", "replace").strip()
@@ -127,6 +145,7 @@ class ShardSource(ImageSource):
                 "offset": sample["offset"], "size": sample["size"],
                 "name": sample.get("name") or f"{path.name}:{key}",
                 "label": int(label) if label is not None and label.lstrip("-").isdigit() else None,
+                "class_name": sample.get(CLASS_NAME_MEMBER),
             })  # fmt: skip
         return found
 
@@ -186,7 +205,9 @@ def write_shards(
     source: ImageSource, pattern: str, per_shard: int, progress: Callable[[int], None] | None = None
 ) -> list[str]:
     """Write every image of `source` into tar shards named by `pattern` (a printf pattern such as
-    "out/train-%06d.tar"), `per_shard` samples each: its bytes, name and class. Returns the shard paths."""
+    "out/train-%06d.tar"), `per_shard` samples each: its bytes, name, class and class name. Each shard is
+    written to a temporary file and renamed into place when complete (`storage.atomic_write`): a killed
+    writer leaves whole shards only. Returns the shard paths."""
     try:
         import webdataset
     except ImportError:
@@ -195,18 +216,24 @@ def write_shards(
         raise DataError(f"{pattern}: give a shard name pattern with a number in it, e.g. out/train-%06d.tar")
     if per_shard < 1:
         raise DataError(f"--per-shard {per_shard}: must be at least 1")
-    Path(pattern).parent.mkdir(parents=True, exist_ok=True)
-    labels = source.labels
+    labels, classes = source.labels, source.classes
     written: list[str] = []
-    with webdataset.ShardWriter(pattern, maxcount=per_shard, verbose=0) as sink:
-        for index in range(len(source)):
-            extension, data = _member(source, index)
-            sample = {"__key__": f"{index:09d}", extension: data, "name": source.name(index).encode()}
-            if labels is not None and labels[index] >= 0:
-                sample["cls"] = str(int(labels[index])).encode()
-            sink.write(sample)
-            if sink.fname not in written:
-                written.append(sink.fname)
-            if progress is not None:
-                progress(index)
+
+    def write_one(first: int, handle: IO[bytes]) -> None:
+        with webdataset.TarWriter(handle, mtime=0) as sink:
+            for index in range(first, min(len(source), first + per_shard)):
+                extension, data = _member(source, index)
+                sample = {"__key__": f"{index:09d}", extension: data, "name": source.name(index).encode()}
+                if labels is not None and labels[index] >= 0:
+                    sample["cls"] = str(int(labels[index])).encode()
+                    if classes is not None:
+                        sample[CLASS_NAME_MEMBER] = classes[int(labels[index])].encode()
+                sink.write(sample)
+                if progress is not None:
+                    progress(index)
+
+    for number, first in enumerate(range(0, len(source), per_shard)):
+        path = pattern % number
+        atomic_write(path, lambda handle, first=first: write_one(first, handle))
+        written.append(path)
     return written
