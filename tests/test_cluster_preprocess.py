@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from deepcluster.cluster import PCAWhitening, l2_normalize, pca_whiten
+from deepcluster.cluster import PCAWhitening, l2_normalize, pca_whiten, preprocess
 
 
 def _correlated_gaussian(n: int = 2000, d: int = 64, seed: int = 0) -> np.ndarray:
@@ -181,3 +182,59 @@ def test_fewer_rows_than_dimensions_whitens_through_the_gram_matrix() -> None:
     np.testing.assert_allclose(pca.eigenvalues, evals, rtol=1e-3)
     assert pca.matrix is not None
     np.testing.assert_allclose(np.linalg.norm(pca.matrix, axis=1) ** 2 * evals, 1.0, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- the torch path (on the CPU here)
+
+CPU = torch.device("cpu")
+
+
+def _agree_up_to_sign(numpy_out: np.ndarray, torch_out: np.ndarray) -> None:
+    """The two whitenings give the same columns up to each column's sign (eigenvector signs are arbitrary)."""
+    signs = np.sign((numpy_out.astype(np.float64) * torch_out).sum(axis=0))
+    assert np.all(signs != 0)
+    np.testing.assert_allclose(torch_out * signs, numpy_out, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "n, d, sample_size",
+    [(3000, 64, None), (3000, 64, 1200), (60, 300, None), (90, 300, 70)],
+    ids=["rows>dims", "rows>dims-sampled", "rows<dims", "rows<dims-sampled"],
+)
+def test_torch_path_matches_the_numpy_path(
+    n: int, d: int, sample_size: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(9)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    std = np.concatenate([np.linspace(10.0, 3.0, 20), np.full(d - 20, 0.1)])  # distinct leading variances
+    x = ((rng.standard_normal((n, d)) * std) @ basis.T + 3.0).astype(np.float32)
+    for l2 in (False, True):
+        reference = PCAWhitening(dim=12, l2_normalize=l2).fit(x, sample_size=sample_size, seed=4)
+        with monkeypatch.context() as patch:  # several row (or column) blocks on the torch path
+            patch.setattr(preprocess, "_APPLY_CHUNK_ROWS", 37)
+            on_torch = PCAWhitening(dim=12, l2_normalize=l2).fit(
+                x, sample_size=sample_size, seed=4, device=CPU
+            )
+            torch_out = on_torch.apply(x, device=CPU)
+        assert torch_out.shape == (n, 12) and torch_out.dtype == np.float32 and torch_out.flags.c_contiguous
+        assert reference.eigenvalues is not None and on_torch.eigenvalues is not None
+        np.testing.assert_allclose(on_torch.eigenvalues, reference.eigenvalues, rtol=1e-4)
+        np.testing.assert_allclose(on_torch.mean, reference.mean)  # the same training rows: the same mean
+        _agree_up_to_sign(reference.apply(x), torch_out)
+        # The torch projection of a fitted PCA equals the NumPy one; the state round trip keeps the fit.
+        np.testing.assert_allclose(torch_out, on_torch.apply(x), atol=1e-5)
+        rebuilt = PCAWhitening.from_state_dict(on_torch.state_dict())
+        np.testing.assert_array_equal(rebuilt.apply(x), on_torch.apply(x))
+        np.testing.assert_allclose(rebuilt.apply(x, device="cpu"), torch_out, atol=1e-6)
+
+
+def test_torch_path_fixes_each_axis_sign_and_keeps_the_numpy_path_unchanged() -> None:
+    x = _structured(n=1500, d=48)
+    before = PCAWhitening(dim=8).fit(x).state_dict()
+    on_torch = PCAWhitening(dim=8).fit(x, device=CPU)
+    assert on_torch.matrix is not None
+    rows = np.arange(8)
+    assert np.all(on_torch.matrix[rows, np.abs(on_torch.matrix).argmax(axis=1)] > 0)
+    after = PCAWhitening(dim=8).fit(x).state_dict()  # the NumPy path is deterministic and untouched
+    for key in ("mean", "matrix", "eigenvalues"):
+        np.testing.assert_array_equal(after[key], before[key])

@@ -10,15 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from deepcluster import load_config
 from deepcluster.cli import main
-from deepcluster.cluster import assign, kmeans, kmeans_on_sample
+from deepcluster.cluster import assign, kmeans, kmeans_on_sample, pca_torch
 from deepcluster.cluster.hierarchical import hierarchical_kmeans
 from deepcluster.data.rotations import decode_targets, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample, uniform_cluster_sample
 from deepcluster.engine.trainer import Trainer, resume, train
 from deepcluster.methods import DeepCluster, DeeperCluster
+from deepcluster.methods.clustering import pca_device
 from deepcluster.methods.deepercluster import hierarchical_loss
 from deepcluster.models import HierarchicalHead
 from deepcluster.storage import load_checkpoint
@@ -228,6 +230,33 @@ def test_one_super_cluster_without_rotations_assigns_deepclusters_labels(tmp_pat
     sampled = DeeperCluster(config).assign(features, seed=11)
     assert sampled.labels.shape == (N_IMAGES,) and sampled.stats["n_empty"] == 0
     assert not np.array_equal(sampled.labels, flat.labels)
+
+
+def test_the_torch_pca_gives_the_numpy_pcas_labels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(3)
+    features = blobs(n_per=40, n_blobs=8, dim=8, seed=1) @ rng.normal(size=(8, 48)).astype(np.float32)
+    features += rng.normal(scale=0.05, size=features.shape).astype(np.float32)
+    config = deeper_config(tmp_path / "unused.npz", tmp_path / "run")
+    config.cluster.pca_dim = 8
+    fits: list[str] = []
+    torch_fit = pca_torch.torch_principal_axes
+    monkeypatch.setattr(pca_torch, "torch_principal_axes", lambda *a: fits.append("torch") or torch_fit(*a))
+    labels = {}
+    for backend in ("numpy", "torch"):
+        config.cluster.pca_backend = backend
+        flat, deeper = (
+            DeepCluster(config).assign(features, seed=5),
+            DeeperCluster(config).assign(features, seed=5),
+        )
+        labels[backend] = (flat.labels, deeper.labels)
+    assert fits == ["torch", "torch"]  # only pca_backend=torch fitted on the torch path, for both methods
+    np.testing.assert_array_equal(labels["torch"][0], labels["numpy"][0])
+    np.testing.assert_array_equal(labels["torch"][1], labels["numpy"][1])
+    truth = np.repeat(np.arange(8), 40)  # and the flat k-means finds the blobs
+    assert normalized_mutual_info_score(truth, labels["torch"][0]) == pytest.approx(1.0)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # auto: torch on a CUDA run only
+    config.cluster.pca_backend = "auto"
+    assert pca_device(config.cluster, cpu) is None and pca_device(config.cluster, cuda) == cuda
 
 
 # ---------------------------------------------------------------- whole runs

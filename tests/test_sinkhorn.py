@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.cluster import sinkhorn
 from deepcluster.cluster.sinkhorn import balanced_random_labels, sinkhorn_labels
 
 
@@ -64,6 +65,36 @@ def test_chunked_equals_unchunked() -> None:
         assert np.array_equal(chunked.labels, whole.labels)
         assert chunked.iterations == whole.iterations
         np.testing.assert_allclose(chunked.log_beta, whole.log_beta, rtol=1e-9, atol=1e-9)
+
+
+def test_resident_chunks_are_read_once_and_give_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    log_probs = random_log_probs(1200, 20, scale=2.0, seed=8)
+    loads: list[int] = []
+    original = sinkhorn._Chunks._load
+
+    def counted(self, start: int, stop: int) -> torch.Tensor:
+        loads.append(start)
+        return original(self, start, stop)
+
+    monkeypatch.setattr(sinkhorn._Chunks, "_load", counted)
+    whole_mb = log_probs.size * 8 / 1e6
+    chunked = sinkhorn_labels(log_probs, 25.0, chunk_rows=100, seed=2)
+    chunked_loads = len(loads)
+    loads.clear()
+    too_small = sinkhorn_labels(log_probs, 25.0, chunk_rows=100, seed=2, resident_mb=whole_mb / 2)
+    too_small_loads = len(loads)
+    loads.clear()
+    resident = sinkhorn_labels(log_probs, 25.0, chunk_rows=100, seed=2, resident_mb=whole_mb)
+    assert len(loads) == 12  # each of the 12 chunks once
+    assert chunked_loads == too_small_loads == 12 * (chunked.iterations + 1)  # every pass, then the labels
+    for other in (resident, too_small):
+        np.testing.assert_array_equal(other.labels, chunked.labels)
+        np.testing.assert_array_equal(other.log_beta, chunked.log_beta)
+        assert other.iterations == chunked.iterations and other.cross_entropy == chunked.cross_entropy
+
+
+def test_the_cpu_resident_budget_is_the_fixed_one() -> None:
+    assert sinkhorn.resident_budget_mb("cpu") == sinkhorn.CPU_RESIDENT_MB > 0
 
 
 def near_one_hot(n: int, k: int) -> np.ndarray:

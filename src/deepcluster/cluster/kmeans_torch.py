@@ -13,13 +13,13 @@ accumulated in float64, so the result depends on how the rows are split or summe
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from deepcluster.cluster.kmeans import KMeansResult, checked_kmeans_input, fill_empty_clusters
+from deepcluster.cluster.pca_torch import full_fp32_matmul
 
 # Relative perturbation that separates the two copies of a split centroid (faiss uses the same value).
 _SPLIT_EPS = 1.0 / 1024.0
@@ -33,20 +33,6 @@ Reduce = Callable[[torch.Tensor], None]
 def default_batch_rows(n: int, k: int) -> int:
     """Rows per distance block: the [rows, k] float32 block stays at about 64 MiB, and never exceeds N."""
     return max(1, min(int(n), _BATCH_ELEMENTS // max(int(k), 1)))
-
-
-@contextlib.contextmanager
-def _full_fp32_matmul(device: torch.device) -> Iterator[None]:
-    """Run CUDA matmuls in full float32 (not TF32), restoring the caller's setting afterwards."""
-    if device.type != "cuda":
-        yield
-        return
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def _assign(
@@ -131,7 +117,7 @@ def lloyd(
     k, d = centroids.shape
     rows = max(1, int(batch_rows))
     losses: list[float] = []
-    with _full_fp32_matmul(xs.device):
+    with full_fp32_matmul(xs.device):
         x_sq = (xs * xs).sum(dim=1)
         centroids = centroids.to(device=xs.device, dtype=torch.float32)
         for _ in range(n_iter):

@@ -1,13 +1,19 @@
 """Feature preprocessing before k-means: PCA-whitening and row L2-normalisation.
 
 DeepCluster reduces the network features to 256 dimensions with a whitened PCA and L2-normalises every row
-before clustering. Everything here works on NumPy arrays; no torch.
+before clustering. Everything here works on NumPy arrays; with a torch device, the PCA's products, eigenproblem
+and projection run on that device instead (`cluster.pca_torch`), over blocks of the same NumPy rows.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.linalg
+
+if TYPE_CHECKING:  # importing this package does not import torch; the torch path imports it when used
+    import torch
 
 # Rows checked for NaN/inf per chunk, so the check on a large feature matrix needs little extra memory.
 _FINITE_CHECK_ROWS = 1 << 15
@@ -83,7 +89,9 @@ def leading_eigenpairs(product: np.ndarray, dim: int) -> tuple[np.ndarray, np.nd
     return values[order].astype(np.float64), vectors[:, order]
 
 
-def _principal_axes(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _principal_axes(
+    x: np.ndarray, dim: int, device: str | torch.device | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean [D] (float64), the `dim` leading principal axes [dim, D] and their population variances [dim].
 
     Only the `dim` largest eigenpairs are computed (LAPACK's MRRR solver), of the D x D covariance when N >= D,
@@ -91,10 +99,16 @@ def _principal_axes(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray, np
     rows): the smaller problem either way. Products are float32 GEMMs, chunked and summed in float64.
     faiss.PCAMatrix computes the same thing but diagonalises the whole D x D matrix with an unblocked solver:
     92 s for N = 10,000, D = 4096 on a 2-core CPU, against about 4 s here, so the PCA is done here while
-    k-means stays with faiss.
+    k-means stays with faiss. With a torch `device`, the same products and a float64 eigensolver run there
+    (`torch_principal_axes`; each axis's largest component made positive).
     """
     n, d = x.shape
     mean = x.mean(axis=0, dtype=np.float64)
+    if device is not None:
+        from deepcluster.cluster.pca_torch import torch_principal_axes
+
+        axes, values = torch_principal_axes(x, mean, dim, device, _APPLY_CHUNK_ROWS)
+        return mean, axes, values
     mean32 = mean.astype(np.float32)
     if n >= d:  # centred chunk by chunk: no second N x D copy of the features
         values, vectors = leading_eigenpairs(centred_scatter(x, mean32) / n, dim)
@@ -135,9 +149,16 @@ class PCAWhitening:
         """True once fit() (or from_state_dict) has run."""
         return self.input_dim is not None
 
-    def fit(self, x: np.ndarray, sample_size: int | None = None, seed: int = 0) -> PCAWhitening:
+    def fit(
+        self,
+        x: np.ndarray,
+        sample_size: int | None = None,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+    ) -> PCAWhitening:
         """Train the PCA on all rows of `x`, or on `sample_size` rows drawn without replacement
-        (np.random.default_rng(seed)) when sample_size < N. Returns self."""
+        (np.random.default_rng(seed)) when sample_size < N. `device` None: in NumPy (scipy's eigensolver); a
+        torch device: the products and the eigenproblem on it, `x` moved there block by block. Returns self."""
         arr = as_float32_matrix(x)
         n, d = arr.shape
         if sample_size is not None:
@@ -161,7 +182,7 @@ class PCAWhitening:
                 f"pca_dim={self.dim} is larger than min(number of training rows, feature dimension) = "
                 f"min({n_train}, {d}); lower pca_dim to at most {min(n_train, d)} (or use more images)."
             )
-        return self.set_axes(*_principal_axes(arr, self.dim))
+        return self.set_axes(*_principal_axes(arr, self.dim, device))
 
     def set_axes(self, mean: np.ndarray, axes: np.ndarray, variances: np.ndarray) -> PCAWhitening:
         """Fit from a computed PCA: mean [D], the `dim` leading unit axes [dim, D] and their population
@@ -174,8 +195,9 @@ class PCAWhitening:
         self.eigenvalues = np.maximum(variances, 0.0).astype(np.float32)
         return self
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Project `x` [N, D] (float32 C-contiguous [N, dim] out; rows L2-normalised if enabled)."""
+    def apply(self, x: np.ndarray, device: str | torch.device | None = None) -> np.ndarray:
+        """Project `x` [N, D] (float32 C-contiguous [N, dim] out; rows L2-normalised if enabled), in NumPy or,
+        with a torch `device`, on that device block by block."""
         if not self.is_fitted or self.matrix is None or self.mean is None:
             raise RuntimeError(
                 "PCAWhitening.apply() called before fit(); call fit() or from_state_dict() first."
@@ -186,7 +208,11 @@ class PCAWhitening:
                 f"features have dimension {arr.shape[1]} but the PCA was fitted on dimension "
                 f"{self.input_dim}; fit it again on these features."
             )
-        if self.uses_pca:
+        if self.uses_pca and device is not None:
+            from deepcluster.cluster.pca_torch import torch_project
+
+            out = torch_project(arr, self.mean, self.matrix, device, _APPLY_CHUNK_ROWS)
+        elif self.uses_pca:
             # Centre chunk by chunk: exact (no cancellation from a large mean) with bounded extra memory.
             out = np.empty((arr.shape[0], self.dim), dtype=np.float32)
             for start in range(0, arr.shape[0], _APPLY_CHUNK_ROWS):
@@ -199,9 +225,15 @@ class PCAWhitening:
             out /= np.maximum(norms, np.float32(1e-12))
         return np.ascontiguousarray(out, dtype=np.float32)
 
-    def fit_apply(self, x: np.ndarray, sample_size: int | None = None, seed: int = 0) -> np.ndarray:
-        """fit() then apply() on the same rows."""
-        return self.fit(x, sample_size=sample_size, seed=seed).apply(x)
+    def fit_apply(
+        self,
+        x: np.ndarray,
+        sample_size: int | None = None,
+        seed: int = 0,
+        device: str | torch.device | None = None,
+    ) -> np.ndarray:
+        """fit() then apply() on the same rows (on `device` when given)."""
+        return self.fit(x, sample_size=sample_size, seed=seed, device=device).apply(x, device=device)
 
     def state_dict(self) -> dict[str, np.ndarray | int | float]:
         """Everything needed to rebuild this transform (arrays are copies)."""

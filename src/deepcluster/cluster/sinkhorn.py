@@ -7,7 +7,9 @@ finds the scalings by alternating row and column normalisation. Labels are argma
 Everything runs in float64 in the log domain (log alpha, log beta, lambda * log P), so neither a near one-hot P nor a
 large lambda over- or underflows. P is read in chunks of rows, converted to float64 on the fly: the working memory is
 about six chunks of `chunk_rows x K` float64 (the copy, the scaled scores, logsumexp's temporaries) plus a few vectors
-of N, whatever the size of P (which may be a memory-mapped array on disk).
+of N, whatever the size of P (which may be a memory-mapped array on disk). When the whole float64 lambda * log P fits
+a budget (`resident_mb`; `resident_budget_mb` gives half the free memory of a CUDA device), every chunk is read and
+converted once and kept on the device for all iterations instead: the same chunks, so the same result.
 """
 
 from __future__ import annotations
@@ -39,9 +41,24 @@ class SinkhornResult:
     """Mean -log P[i, label_i]: the self-labelling objective of the hard labels."""
 
 
+CPU_RESIDENT_MB = 256.0
+"""On the CPU, a float64 lambda * log P up to this size is kept in memory for all iterations (a few chunks)."""
+
+
 def default_chunk_rows(n_clusters: int, chunk_mb: float = 64.0) -> int:
     """Rows per chunk so that one float64 chunk of K columns takes about `chunk_mb` megabytes."""
     return max(1, int(chunk_mb * 1e6 // (8 * n_clusters)))
+
+
+def resident_budget_mb(device: str | torch.device) -> float:
+    """Megabytes of a resident P that `device` can hold: on CUDA, half of what is free there (the driver's free
+    memory plus what torch's allocator holds unused); on the CPU, `CPU_RESIDENT_MB`."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_RESIDENT_MB
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return (free + cached) / 2e6
 
 
 def _check_input(
@@ -60,17 +77,24 @@ def _check_input(
 
 
 class _Chunks:
-    """Row chunks of lambda * log P as float64 tensors on the device; kept resident when there is only one."""
+    """Row chunks of lambda * log P as float64 tensors on the device; all kept resident when there is only one or
+    when the whole of them takes at most `resident_mb` megabytes, else read again at every pass."""
 
     def __init__(
-        self, log_probs: np.ndarray | torch.Tensor, lam: float, chunk_rows: int, device: torch.device
+        self,
+        log_probs: np.ndarray | torch.Tensor,
+        lam: float,
+        chunk_rows: int,
+        device: torch.device,
+        resident_mb: float | None,
     ):
         self.source = log_probs
         self.lam = lam
         self.device = device
-        n = log_probs.shape[0]
+        n, k = log_probs.shape
         self.bounds = [(start, min(n, start + chunk_rows)) for start in range(0, n, chunk_rows)]
-        self.resident = self._load(*self.bounds[0]) if len(self.bounds) == 1 else None
+        fits = resident_mb is not None and 8 * n * k / 1e6 <= resident_mb
+        self.resident = [self._load(*b) for b in self.bounds] if fits or len(self.bounds) == 1 else None
 
     def _load(self, start: int, stop: int) -> torch.Tensor:
         block = self.source[start:stop]
@@ -85,8 +109,8 @@ class _Chunks:
         return scores
 
     def __iter__(self):
-        for start, stop in self.bounds:
-            yield start, stop, (self.resident if self.resident is not None else self._load(start, stop))
+        for i, (start, stop) in enumerate(self.bounds):
+            yield start, stop, (self.resident[i] if self.resident is not None else self._load(start, stop))
 
 
 def sinkhorn_labels(
@@ -98,19 +122,21 @@ def sinkhorn_labels(
     chunk_rows: int | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    resident_mb: float | None = None,
 ) -> SinkhornResult:
     """Equal-partition labels for N samples over K clusters from their log-probabilities `log_probs` [N, K].
 
     Alternates the row scaling (each sample's mass 1/N) and the column scaling (each cluster's mass 1/K) of
     P^lam until the column scaling changes by less than `tolerance` (sum over clusters of |beta_old/beta_new - 1|,
     measured every `check_every` iterations) or `max_iters` is reached. `chunk_rows` bounds the memory (default:
-    64 MB of float64 per chunk); the result does not depend on it beyond float rounding. The same input and seed
-    give the same labels.
+    64 MB of float64 per chunk); the result does not depend on it beyond float rounding. When the float64
+    lambda * log P takes at most `resident_mb` megabytes, its chunks are read once and kept on `device` (None: only a
+    single chunk is); the result is the same either way. The same input and seed give the same labels.
     """
     _check_input(log_probs, lam, tolerance, check_every)
     n, k = (int(s) for s in log_probs.shape)
     device = torch.device(device)
-    chunks = _Chunks(log_probs, float(lam), chunk_rows or default_chunk_rows(k), device)
+    chunks = _Chunks(log_probs, float(lam), chunk_rows or default_chunk_rows(k), device, resident_mb)
     log_n, log_k = math.log(n), math.log(k)
     log_beta = torch.zeros(k, dtype=torch.float64, device=device)
     error, iterations, converged = math.inf, 0, False

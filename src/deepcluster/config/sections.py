@@ -29,6 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
+PCA_BACKENDS = ("auto", "numpy", "torch")
 OPTIMIZERS = ("sgd", "lars")
 SEED_MAX = 2**63 - 1
 """The largest run seed (torch's and the derived seeds' 63 bits)."""
@@ -174,6 +175,12 @@ class ClusterConfig:
         None,
         "train the PCA on this many images (at least 2; default: all of them)",
         check=whole(2, optional=True),
+    )
+    pca_backend: str = option(
+        "auto",
+        "numpy (CPU), torch (products and eigensolver on the run's device) or auto: torch on a CUDA run, numpy "
+        "otherwise",
+        check=one_of(*PCA_BACKENDS),
     )
     kmeans_iters: int = option(20, "k-means iterations", check=positive)
     kmeans_sample: int | None = option(

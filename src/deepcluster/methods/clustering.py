@@ -47,9 +47,23 @@ def fit_clustering(
     return dataclasses.replace(config, cluster=dataclasses.replace(settings, pca_dim=allowed))
 
 
-def fit_whitening(features: np.ndarray, settings: ClusterConfig, seed: int) -> PCAWhitening:
-    """The PCA-whitening (and L2-normalisation) `settings` asks for, fitted on `features` with `seed`."""
-    return PCAWhitening(dim=settings.pca_dim).fit(features, sample_size=settings.pca_sample, seed=seed)
+def pca_device(settings: ClusterConfig, device: torch.device) -> torch.device | None:
+    """Where `PCAWhitening` runs for `settings.pca_backend`: on the run's `device` (torch, or auto on a CUDA
+    run), else None (NumPy)."""
+    backend = settings.pca_backend
+    return device if backend == "torch" or (backend == "auto" and device.type == "cuda") else None
+
+
+def whiten(
+    features: np.ndarray, settings: ClusterConfig, seed: int, device: torch.device
+) -> tuple[PCAWhitening, np.ndarray]:
+    """The PCA-whitening (and L2-normalisation) `settings` asks for, fitted on `features` with `seed` (on the
+    device `pca_device` picks), and the features it whitens."""
+    on = pca_device(settings, device)
+    pca = PCAWhitening(dim=settings.pca_dim).fit(
+        features, sample_size=settings.pca_sample, seed=seed, device=on
+    )
+    return pca, pca.apply(features, device=on)
 
 
 def kmeans_fit(settings: ClusterConfig, device: torch.device) -> KMeansFit:

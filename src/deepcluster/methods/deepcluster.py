@@ -12,7 +12,7 @@ from deepcluster.cluster import KMeansResult, PCAWhitening
 from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
 from deepcluster.config import TrainConfig
 from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup
-from deepcluster.methods.clustering import fit_clustering, fit_whitening, kmeans_fit
+from deepcluster.methods.clustering import fit_clustering, kmeans_fit, pca_device, whiten
 from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state, stack
 from deepcluster.models import ClassifierHead
 
@@ -33,8 +33,8 @@ class DeepCluster(ExtractingMethod):
 
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
-        pca = fit_whitening(features, settings, seed)
-        return _assignment(kmeans_fit(settings, self.device)(pca.apply(features), settings.k, seed), pca)
+        pca, points = whiten(features, settings, seed, self.device)
+        return _assignment(kmeans_fit(settings, self.device)(points, settings.k, seed), pca)
 
     def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
         """The nearest centroid (squared L2) of the features whitened by the assignment's PCA."""
@@ -46,8 +46,9 @@ class DeepCluster(ExtractingMethod):
         settings = self.config.cluster
         device = processes.device
         pca = distributed_pca_fit(shard, settings.pca_dim, settings.pca_sample, seed, device=device)
+        points = pca.apply(shard, device=pca_device(settings, device))
         result = distributed_kmeans(
-            pca.apply(shard), settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device
+            points, settings.k, n_iter=settings.kmeans_iters, seed=seed, device=device
         )
         return _assignment(result, pca)
 

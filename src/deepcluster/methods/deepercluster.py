@@ -22,7 +22,7 @@ from deepcluster.config.options import positive
 from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample
 from deepcluster.methods.base import Assignment, ExtractingMethod
-from deepcluster.methods.clustering import fit_clustering, fit_whitening, kmeans_fit
+from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whiten
 from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state, stack
 from deepcluster.models import HierarchicalHead
 
@@ -90,9 +90,9 @@ class DeeperCluster(ExtractingMethod):
 
     def assign(self, features: np.ndarray, seed: int) -> Assignment:
         settings = self.config.cluster
-        pca = fit_whitening(features, settings, seed)
+        pca, points = whiten(features, settings, seed, self.device)
         fit = kmeans_fit(settings, self.device)
-        result = hierarchical_kmeans(pca.apply(features), self.n_super, settings.k, seed, fit)
+        result = hierarchical_kmeans(points, self.n_super, settings.k, seed, fit)
         return Assignment(
             labels=result.labels,
             n_classes=settings.k,

@@ -15,7 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.cluster.sinkhorn import balanced_random_labels, default_chunk_rows, sinkhorn_labels
+from deepcluster.cluster.sinkhorn import (
+    balanced_random_labels,
+    default_chunk_rows,
+    resident_budget_mb,
+    sinkhorn_labels,
+)
 from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig, option
 from deepcluster.config.options import number, one_of, positive, positive_or_none
 from deepcluster.data.samplers import shuffled_sample
@@ -144,6 +149,7 @@ class SeLa(ExtractingMethod):
             sinkhorn_labels(
                 per_head[:, h, :], self.lam, tolerance=sela.tolerance, check_every=sela.check_every,
                 max_iters=sela.max_iters, chunk_rows=chunk_rows, device=device, seed=derive_seed(seed, "head", h),
+                resident_mb=resident_budget_mb(device),
             )
             for h in range(n_heads)
         ]  # fmt: skip

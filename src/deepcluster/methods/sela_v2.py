@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.cluster.sinkhorn import default_chunk_rows, sinkhorn_labels
+from deepcluster.cluster.sinkhorn import default_chunk_rows, resident_budget_mb, sinkhorn_labels
 from deepcluster.config import option
 from deepcluster.config.options import number
 from deepcluster.methods.v2 import V2Config, V2Method
@@ -46,7 +46,7 @@ class SelaV2(V2Method):
         k = prototypes.shape[0]
         result = sinkhorn_labels(
             log_probs, 1.0, tolerance=settings.tolerance, chunk_rows=default_chunk_rows(k), device=self.device,
-            seed=derive_seed(seed, "set", index),
+            seed=derive_seed(seed, "set", index), resident_mb=resident_budget_mb(self.device),
         )  # fmt: skip
         n_empty = int((np.bincount(result.labels, minlength=k) == 0).sum())
         return (
