@@ -1,9 +1,11 @@
 """The two views of an image, applied to whole batches of decoded uint8 tensors.
 
 * Cluster view: centre crop to the input size, scale to [0, 1], normalise. No randomness.
-* Train view: random resized crop (torchvision's sampling rule, done for a whole batch at once with
-  `torchvision.ops.roi_align`), horizontal flip, optional brightness/contrast/saturation jitter (with a
-  probability), random grayscale and Gaussian blur, normalise.
+* Train view: random resized crop (torchvision's sampling rule for a whole batch at once; on the CPU each crop
+  is resized on uint8 with antialiased bilinear interpolation, exactly torchvision's `transforms.v2`
+  `resized_crop` and about 2.5x faster than the batched `torchvision.ops.roi_align` other devices use),
+  horizontal flip, optional brightness/contrast/saturation jitter (with a probability), random grayscale and
+  Gaussian blur, normalise.
 * Multi-crop view (SwAV): a few large train-view crops and several small ones of each image, as a list.
 
 Images arrive as uint8 [B, 3, S, S] (decoded once, see `decode.py`); every random draw comes from a
@@ -26,6 +28,13 @@ def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
+
+
+def _normalize_255(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """`_normalize(x / 255, mean, std)` for `x` in [0, 255], in place: a scale and a shift per channel."""
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=x.dtype, device=x.device)
+    return x.mul_(scale).add_(shift.view(1, -1, 1, 1))
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
@@ -105,6 +114,35 @@ def sample_crop_boxes(
     return torch.stack([left, top, left + crop_w, top + crop_h], dim=1)
 
 
+def resized_crops(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    size: int,
+    flip: torch.Tensor | None = None,
+    batched: bool | None = None,
+) -> torch.Tensor:
+    """The integer boxes (x1, y1, x2, y2) [n, 4] of uint8 `images` [n, 3, H, W], each resized to `size` x `size`:
+    float32 [n, 3, size, size] in [0, 255]. Per crop (the default on the CPU) each crop is interpolated on uint8
+    (bilinear, antialiased, rounded to uint8: torchvision's `transforms.v2.functional.resized_crop` of a uint8
+    tensor, pixel for pixel);
+    `batched` (the default elsewhere: one kernel for the batch) uses `roi_align` (bilinear with adaptive
+    sampling, within a few grey levels of it). The crops whose `flip` [n] (bool, CPU) is set are mirrored."""
+    n = images.shape[0]
+    if batched if batched is not None else images.device.type != "cpu":
+        rois = torch.cat([torch.arange(n, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1).to(images.device)
+        x = roi_align(images.float(), rois, output_size=size, aligned=True)
+        if flip is None:
+            return x
+        return torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+    out = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    mirrored = flip.tolist() if flip is not None else [False] * n
+    for i, (x1, y1, x2, y2) in enumerate(boxes.long().tolist()):
+        crop = images[i : i + 1, :, y1:y2, x1:x2].contiguous(memory_format=torch.channels_last)
+        resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)[0]
+        out[i] = resized.flip(-1) if mirrored[i] else resized
+    return out.float()
+
+
 @dataclass(frozen=True)
 class TrainView:
     """Random resized crop + flip (+ colour jitter, grayscale), normalised; one call augments a whole batch."""
@@ -127,13 +165,11 @@ class TrainView:
         """uint8 [B, 3, S, S] -> float32 [B, 3, input_size, input_size]; randomness from `generator` (CPU)."""
         n, _, height, width = images.shape
         boxes = sample_crop_boxes(n, height, width, self.scale, self.ratio, generator)
-        batch_index = torch.arange(n, dtype=boxes.dtype).unsqueeze(1)
-        rois = torch.cat([batch_index, boxes], dim=1).to(images.device)
-        x = roi_align(images.float(), rois, output_size=self.input_size, aligned=True)
+        flip = torch.rand(n, generator=generator) < 0.5 if self.flip else None
+        x = resized_crops(images, boxes, self.input_size, flip=flip)
+        if not (self.color_jitter > 0 or self.grayscale_prob > 0 or self.blur_prob > 0):
+            return _normalize_255(x, self.mean, self.std)  # crop and flip only: one pass from [0, 255]
         x.div_(255.0)
-        if self.flip:
-            flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
         if self.color_jitter > 0:
             jittered = self._jitter(x, generator)
             if self.jitter_prob < 1:
