@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods import primary_labels
 from jpeg_archives import archive_rows
+from machine import cpu_line
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10_jpegbytes.npz"
 N_CLASSES = 10
@@ -138,7 +138,7 @@ def main() -> None:
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; preset "
+        f"\nmachine: {cpu_line()}, {torch.get_num_threads()} threads; preset "
         f"{args.preset}, {args.epochs} epochs; k-NN on the balanced CIFAR-10 test split (10,000 images)"
     )
     print(format_table(rows))

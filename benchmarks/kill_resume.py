@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcluster.data.sources import open_source
+from machine import cpu_line
 from same_run import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +45,6 @@ METHODS = {
     "sela-v2": ["--set", "sela_v2.n_small=2", "--set", "sela_v2.labels_from=bank"],
 }
 MOMENTS = ("checkpoint write", "label update", "report", "random time")
-
-
-def cpu_line() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
-    flags = set(Path("/proc/cpuinfo").read_text().split())
-    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, flags {' '.join(shown)}"
 
 
 def command(data: Path, out: Path, method: str, resume: bool) -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,21 +35,13 @@ from deepcluster.cluster.index import (
     save_index,
     search,
 )
-
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+from machine import cpu_line
 
 
 def machine() -> str:
-    """CPU model, the flags that matter to faiss, cores and faiss's threads."""
-    model, flags = platform.processor() or "unknown", set()
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-    have = " ".join(flag for flag in FLAGS if flag in flags) or "none of " + ", ".join(FLAGS)
+    """CPU model, flags and cores, faiss's build and threads."""
     return (
-        f"CPU {model} (flags: {have}), {os.cpu_count()} cores, faiss {faiss.__version__} "
+        f"CPU {cpu_line()}, faiss {faiss.__version__} "
         f"({faiss.get_compile_options().strip()}), {faiss.omp_get_max_threads()} faiss threads"
     )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import threading
 import time
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from deepcluster.cluster.sinkhorn import default_chunk_rows, sinkhorn_labels
+from machine import cpu_line
 
 
 def anon_rss_mb() -> float:
@@ -96,7 +96,7 @@ def main() -> None:
     sampler.join()
     path.unlink()
     report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{cpu_line()}, {torch.get_num_threads()} threads",
         "n": args.n, "k": args.k, "p_gb": args.n * args.k * 4 / 1e9, "chunk_mb": args.chunk_mb,
         "iterations": result.iterations, "seconds_per_pass": seconds / (result.iterations + 1),
         "anon_rss_baseline_mb": round(baseline), "anon_rss_peak_mb": round(peak[0]),

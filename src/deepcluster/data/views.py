@@ -24,10 +24,12 @@ from torchvision.ops import roi_align
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def _normalize(
+    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], in_place: bool = False
+) -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean_t) / std_t
+    return x.sub_(mean_t).div_(std_t) if in_place else (x - mean_t) / std_t
 
 
 def _normalize_255(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -38,9 +40,11 @@ def _normalize_255(x: torch.Tensor, mean: Sequence[float], std: Sequence[float])
 
 
 def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1, H, W] luma of [B, 3, H, W]: one new tensor, the channels added into it in place (large
+    temporaries cost more in page faults than in arithmetic on the CPU)."""
     r, g, b = x.unbind(dim=1)
     w = _GRAY_WEIGHTS
-    return (w[0] * r + w[1] * g + w[2] * b).unsqueeze(1)
+    return torch.mul(r, w[0]).add_(g, alpha=w[1]).add_(b, alpha=w[2]).unsqueeze(1)
 
 
 def center_crop_offsets(size: int, crop: int) -> int:
@@ -65,7 +69,7 @@ class ClusterView:
             top = center_crop_offsets(images.shape[-2], self.input_size)
             left = center_crop_offsets(size, self.input_size)
             images = images[..., top : top + self.input_size, left : left + self.input_size]
-        return _normalize(images.float().div_(255.0), self.mean, self.std)
+        return _normalize_255(images.float(), self.mean, self.std)
 
 
 def sample_crop_boxes(
@@ -171,17 +175,18 @@ class TrainView:
             return _normalize_255(x, self.mean, self.std)  # crop and flip only: one pass from [0, 255]
         x.div_(255.0)
         if self.color_jitter > 0:
-            jittered = self._jitter(x, generator)
+            factors = self._jitter_factors(n, generator)
             if self.jitter_prob < 1:
                 chosen = (torch.rand(n, generator=generator) < self.jitter_prob).to(images.device)
-                jittered = torch.where(chosen.view(-1, 1, 1, 1), jittered, x)
-            x = jittered
+                x[chosen] = self._jitter(x[chosen], factors[chosen.cpu()])
+            else:
+                self._jitter(x, factors)
         if self.grayscale_prob > 0:
             gray = (torch.rand(n, generator=generator) < self.grayscale_prob).to(images.device)
-            x = torch.where(gray.view(-1, 1, 1, 1), _grayscale(x).expand_as(x), x)
+            x[gray] = _grayscale(x[gray]).expand(-1, 3, -1, -1)
         if self.blur_prob > 0:
             x = self._blur(x, generator)
-        return _normalize(x, self.mean, self.std)
+        return _normalize(x, self.mean, self.std, in_place=True)
 
     def _blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Gaussian blur of the chosen images, each with its own sigma (one grouped convolution per axis)."""
@@ -201,16 +206,20 @@ class TrainView:
         both = torch.nn.functional.conv2d(rows, weight.view(-1, 1, 2 * radius + 1, 1), groups=n * channels)
         return both.reshape(n, channels, height, width)
 
-    def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image, in that order."""
-        n = x.shape[0]
+    def _jitter_factors(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image: [n, 3]."""
         s = self.color_jitter
-        factors = torch.empty(n, 3).uniform_(max(0.0, 1 - s), 1 + s, generator=generator).to(x.device)
-        brightness, contrast, saturation = (f.view(-1, 1, 1, 1) for f in factors.unbind(dim=1))
-        x = (x * brightness).clamp_(0, 1)
+        return torch.empty(n, 3).uniform_(max(0.0, 1 - s), 1 + s, generator=generator)
+
+    @staticmethod
+    def _jitter(x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """Brightness, contrast and saturation of `x` [B, 3, H, W] in [0, 1] by `factors` [B, 3], in that
+        order, in place (returns `x`)."""
+        brightness, contrast, saturation = (f.view(-1, 1, 1, 1) for f in factors.to(x.device).unbind(dim=1))
+        x.mul_(brightness).clamp_(0, 1)
         mean_gray = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = (contrast * x + (1 - contrast) * mean_gray).clamp_(0, 1)
-        x = (saturation * x + (1 - saturation) * _grayscale(x)).clamp_(0, 1)
+        x.mul_(contrast).add_((1 - contrast) * mean_gray).clamp_(0, 1)
+        x.mul_(saturation).add_(_grayscale(x).mul_(1 - saturation)).clamp_(0, 1)
         return x
 
 

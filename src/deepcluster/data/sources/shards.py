@@ -93,28 +93,32 @@ class ShardSource(ImageSource):
     def __init__(self, spec: str) -> None:
         self.spec = spec
         self.shards = expand_shards(spec)
-        shard_ids, offsets, sizes, names, labels = [], [], [], [], []
+        tables: list[dict[str, np.ndarray]] = []  # one per shard: the sample table stays arrays, not objects
         class_names: dict[int, set[str]] = {}
         for number, path in enumerate(self.shards):
-            for sample in self._scan(path):
-                shard_ids.append(number)
-                offsets.append(sample["offset"])
-                sizes.append(sample["size"])
-                names.append(sample["name"])
-                labels.append(sample["label"])
+            samples = self._scan(path)
+            labels = [sample["label"] for sample in samples]
+            tables.append({
+                "shard": np.full(len(samples), number, dtype=np.int32),
+                "offset": np.array([sample["offset"] for sample in samples], dtype=np.int64),
+                "size": np.array([sample["size"] for sample in samples], dtype=np.int64),
+                "name": np.array([sample["name"].encode() for sample in samples], dtype=np.bytes_),
+                "label": np.array([-1 if c is None else c for c in labels], dtype=np.int64),
+                "labelled": np.array([c is not None for c in labels], dtype=bool),
+            })  # fmt: skip
+            for sample in samples:
                 if sample["label"] is not None and sample["class_name"]:
                     class_names.setdefault(sample["label"], set()).add(sample["class_name"])
-        if not names:
+        table = {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
+        if not len(table["name"]):
             raise DataError(f"--data {spec}: the {len(self.shards)} shard(s) hold no image members")
-        self._shard = np.asarray(shard_ids, dtype=np.int32)
-        self._offset = np.asarray(offsets, dtype=np.int64)
-        self._size = np.asarray(sizes, dtype=np.int64)
-        self._names = names
-        if all(label is not None for label in labels):
-            self._labels = np.asarray(labels, dtype=np.int64)
+        self._shard, self._offset, self._size = table["shard"], table["offset"], table["size"]
+        self._encoded_names = table["name"]  # UTF-8, fixed width: about the name's length per image
+        if table["labelled"].all():
+            self._labels = table["label"]
             self._classes = _class_list(self._labels, class_names)
         self._handles: dict[tuple[int, int], int] = {}
-        self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(names), self._classes)
+        self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(self), self._classes)
         if self._labels is not None and self._classes is None:
             self.description = self.description.replace("no labels", "with classes")
 
@@ -150,7 +154,10 @@ class ShardSource(ImageSource):
         return found
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._encoded_names)
+
+    def name(self, index: int) -> str:
+        return self._encoded_names[self._check_index(index)].decode()
 
     def raw_bytes(self, index: int) -> bytes:
         """The image member's bytes of sample `index`. One descriptor per shard and process, opened on first
@@ -167,7 +174,7 @@ class ShardSource(ImageSource):
                 fd = first
         data = os.pread(fd, int(self._size[index]), int(self._offset[index]))
         if len(data) != self._size[index]:
-            raise OSError(f"{self.shards[shard]}: truncated at sample {self._names[index]}")
+            raise OSError(f"{self.shards[shard]}: truncated at sample {self.name(index)}")
         return data
 
     def load(self, index: int) -> Image.Image:
