@@ -71,10 +71,19 @@ def in_child(path: str, spec: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- report
+def machine_rates(device: torch.device) -> dict[str, float]:
+    """The dense matrix-multiply rate (FLOP/s) at each precision a run may use on `device`."""
+    rates = {"fp32": matmul_rate(device, torch.float32)}
+    if resolve_precision("auto", device) == "bf16":  # else bf16 is emulated, slow, and never used by a run
+        rates["bf16"] = matmul_rate(device, torch.bfloat16)
+    return rates
+
+
 def phase_rows(result: dict, flops: dict[str, float], rates: dict[str, float]) -> list[dict]:
-    """Per phase: seconds, images/s, share of the epoch, FLOP floor and efficiency (floor / measured)."""
+    """Per phase: seconds, images/s, share of the epoch, FLOP floor and efficiency (floor / measured), at the
+    rate measured around the path's own run when it has one (`rates` otherwise)."""
     total = sum(result["seconds"].values())
-    rate = rates[result["precision"]]
+    rate = result.get("rates", rates)[result["precision"]]
     rows = []
     for phase in PHASES:
         seconds, images = result["seconds"][phase], result["images"][phase]
@@ -95,7 +104,10 @@ def phase_rows(result: dict, flops: dict[str, float], rates: dict[str, float]) -
 
 def print_table(name: str, result: dict, rows: list[dict]) -> None:
     total = sum(result["seconds"].values())
-    print(f"\n{name} ({result['precision']}): epoch {total:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB"
+    measured = result.get("rates_measured")
+    drift = (f", matmul {measured['before'][result['precision']] / 1e9:.0f} GFLOP/s before and "
+             f"{measured['after'][result['precision']] / 1e9:.0f} after" if measured else "")  # fmt: skip
+    print(f"\n{name} ({result['precision']}{drift}): epoch {total:.1f} s, peak RSS {result['peak_rss_gb']:.2f} GB"
           + (f", peak GPU {result['peak_gpu_gb']:.2f} GB" if result["peak_gpu_gb"] else "")
           + (f", decode + set-up once {result['decode_and_setup_seconds']:.1f} s"
              if "decode_and_setup_seconds" in result else ""))  # fmt: skip
@@ -131,6 +143,11 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="reference DataLoader workers"
     )
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="the fast path's preset (paper: crop and flip only, as the official code and the reference train)",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the reference pipeline")
     parser.add_argument(
         "--caches",
@@ -145,7 +162,12 @@ def main() -> None:
 
     if args.child:
         spec = json.loads(Path(args.spec).read_text())
+        before = machine_rates(resolve_device(spec["device"]))
         result = run_fast(spec) if args.child == "fast" else run_reference(spec)
+        after = machine_rates(resolve_device(spec["device"]))
+        # this machine's rate drifts (shared cores): the floor uses the better of the two, measured around the run
+        result["rates"] = {p: max(before[p], after[p]) for p in before}
+        result["rates_measured"] = {"before": before, "after": after}
         print(json.dumps(result))
         return
 
@@ -159,9 +181,7 @@ def main() -> None:
     device = resolve_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="deepcluster-epoch-"))
     flops = model_flops(case["arch"], case["size"], args.k)
-    rates = {"fp32": matmul_rate(device, torch.float32)}
-    if resolve_precision("auto", device) == "bf16":  # else bf16 is emulated, slow, and never used by a run
-        rates["bf16"] = matmul_rate(device, torch.bfloat16)
+    rates = machine_rates(device)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
     print(
         f"machine: {cpu_line()}, {gpu or 'no GPU'}; "
@@ -177,13 +197,13 @@ def main() -> None:
             "data": str(data), "split": split, "n": count, "size": case["size"], "arch": case["arch"],
             "k": args.k, "batch_size": args.batch_size, "train_images": train_images, "device": args.device,
             "precision": args.precision, "out": str(work / out), "progress": args.progress,
-            "workers": args.workers,
+            "workers": args.workers, "preset": args.preset,
         }  # fmt: skip
 
     report: dict = {"case": args.case, "flops": flops, "rates": rates, "device": str(device), "gpu": gpu}
     spec = spec_for(args.n, args.train_images, "fast")
     print(f"data: {spec['data']} ({spec['n']:,} images, split {split})", flush=True)
-    if not (args.scaling and args.no_reference):  # a scaling-only run measures the sizes it lists
+    if not ((args.scaling or args.caches) and args.no_reference):  # else only the sizes / caches it lists
         fast = in_child("fast", spec)
         report["fast"] = {**fast, "phases": phase_rows(fast, flops, rates)}
         print_table("fast path", fast, report["fast"]["phases"])
@@ -205,15 +225,18 @@ def main() -> None:
         report["speedup_epoch"] = epoch_ratio
     if args.caches:
         report["caches"] = {}
-        print("\nfast path by data.cache (same images, same run):")
-        print(f"  {'cache':<8} {'epoch s':>8} {'decode+setup s':>15} {'wall s':>8} {'peak RSS GB':>12}")
         for cache in args.caches.split(","):
             run = in_child("fast", {**spec, "cache": cache, "out": str(work / f"fast-{cache}")})
+            run["phases"] = phase_rows(run, flops, rates)
+            print_table(f"fast path, data.cache={cache}", run, run["phases"])
+            report["caches"][cache] = run
+        print("\nfast path by data.cache (same images, same run):")
+        print(f"  {'cache':<8} {'epoch s':>8} {'decode+setup s':>15} {'wall s':>8} {'peak RSS GB':>12}")
+        for cache, run in report["caches"].items():
             epoch = sum(run["seconds"].values())
             wall = epoch + run["decode_and_setup_seconds"]
             print(f"  {cache:<8} {epoch:8.1f} {run['decode_and_setup_seconds']:15.1f} {wall:8.1f} "
                   f"{run['peak_rss_gb']:12.2f}", flush=True)  # fmt: skip
-            report["caches"][cache] = run
     if args.scaling:
         sizes = [int(s) for s in args.scaling.split(",")]
         runs = [in_child("fast", spec_for(n, args.train_images, f"fast-{n}")) for n in sizes]

@@ -7,8 +7,9 @@ in a fresh process per N, runs what a streamed epoch does with the images, and n
 
   1. open the shards (`ShardSource`: every tar header read once, the sample table built);
   2. find the readable images (`stream_images`: every image decoded once, nothing kept);
-  3. one epoch: a seeded permutation in batches, each batch decoded by the prefetching stream (`data.stream
-     .batches`) and augmented by the train view (random resized crop + flip, as DeepCluster trains).
+  3. one epoch (or its first `--epoch-images`): a seeded permutation in batches, each batch decoded by the
+     prefetching stream (`data.stream.batches`) and augmented by the train view (random resized crop + flip,
+     as DeepCluster trains).
 
 It prints the peak resident memory (VmHWM) after each step and fits peak = a + b * N: b, in bytes per image, is
 the index's cost; the decoded cache would cost 3 * S * S bytes per image (S = `--size`), 150 KB at 224 px.
@@ -82,7 +83,7 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def child(spec: str, size: int, crop: int, batch: int, cache: str) -> dict:
+def child(spec: str, size: int, crop: int, batch: int, cache: str, epoch_images: int | None) -> dict:
     """Steps 1-3 of the module's notes in this process; peak MB and seconds after each."""
     import torch
 
@@ -104,7 +105,7 @@ def child(spec: str, size: int, crop: int, batch: int, cache: str) -> dict:
     out.update(find_s=time.perf_counter() - clock, find_mb=peak_mb())
     view = TrainView(crop, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(images), generator=generator)
+    order = torch.randperm(len(images), generator=generator)[:epoch_images]
     clock, seen, checksum = time.perf_counter(), 0, 0.0
     for decoded in batches(images, (order[i : i + batch] for i in range(0, len(order), batch))):
         views = view(decoded, generator)
@@ -125,11 +126,18 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=32, help="train view size (model input)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--cached-upto", type=int, default=300_000)
+    parser.add_argument(
+        "--epoch-images", type=int, help="images the epoch (step 3) draws, at most (default: all N)"
+    )
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "CACHE"), help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], args.size, args.crop, args.batch, args.child[1])))
+        print(
+            json.dumps(
+                child(args.child[0], args.size, args.crop, args.batch, args.child[1], args.epoch_images)
+            )
+        )
         return
     print(f"machine: {cpu_line()}; decode+view only (no network), uint8 decode, float32 views")
     rows = []
