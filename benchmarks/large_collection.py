@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import status_mb
+
 
 def _make_features(path: Path, n: int, dim: int, clusters: int, seed: int = 0) -> None:
     """N x D float32 features of `clusters` Gaussian blobs in a random 64-dimensional subspace, written in chunks
@@ -39,25 +41,17 @@ def _make_features(path: Path, n: int, dim: int, clusters: int, seed: int = 0) -
     del out
 
 
-def _anonymous_mb() -> float:
-    """This process's resident anonymous memory (heap, not the pages of memory-mapped files), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class _PeakWatcher(threading.Thread):
-    """Samples `_anonymous_mb` every 20 ms; `peak` is the largest value seen."""
+    """Samples `status_mb("RssAnon")` every 20 ms; `peak` is the largest value seen."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak = _anonymous_mb()
+        self.peak = status_mb("RssAnon")
         self.running = True
 
     def run(self) -> None:
         while self.running:
-            self.peak = max(self.peak, _anonymous_mb())
+            self.peak = max(self.peak, status_mb("RssAnon"))
             time.sleep(0.02)
 
 
@@ -83,7 +77,7 @@ def _child(args: argparse.Namespace) -> None:
         },
     )
     method = build_method(config)
-    base = _anonymous_mb()
+    base = status_mb("RssAnon")
     watcher = _PeakWatcher()
     watcher.start()
     started = time.perf_counter()
@@ -92,7 +86,7 @@ def _child(args: argparse.Namespace) -> None:
     watcher.running = False
     watcher.join()
     np.save(args.labels_out, labels)
-    print(json.dumps({"seconds": seconds, "peak_mb": max(watcher.peak, _anonymous_mb()) - base}))
+    print(json.dumps({"seconds": seconds, "peak_mb": max(watcher.peak, status_mb("RssAnon")) - base}))
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """What every benchmark prints beside its figures: the CPU model, the flags that decide the precision and the
-kernels (AVX2, AVX-512, AVX-512 BF16, AMX), and the core count. Figures compare only within one run."""
+kernels (AVX2, AVX-512, AVX-512 BF16, AMX), and the core count (figures compare only within one run); and
+this process's memory as the kernel counts it."""
 
 from __future__ import annotations
 
@@ -23,3 +24,15 @@ def cpu_line() -> str:
         pass
     have = " ".join(flag for flag in FLAGS if flag in flags) or "none of " + ", ".join(FLAGS)
     return f"{model}, {os.cpu_count()} cores, flags: {have}"
+
+
+def status_mb(field: str) -> float:
+    """A memory field of this process's /proc/self/status in MB: VmHWM (peak resident), RssAnon (resident heap,
+    not the pages of mapped files), ...; NaN where the kernel does not report it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

@@ -35,7 +35,7 @@ from deepcluster.cluster.index import (
     save_index,
     search,
 )
-from machine import cpu_line
+from machine import cpu_line, status_mb
 
 
 def machine() -> str:
@@ -44,13 +44,6 @@ def machine() -> str:
         f"CPU {cpu_line()}, faiss {faiss.__version__} "
         f"({faiss.get_compile_options().strip()}), {faiss.omp_get_max_threads()} faiss threads"
     )
-
-
-def status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def mixture(

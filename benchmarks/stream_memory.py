@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from machine import cpu_line
+from machine import cpu_line, status_mb
 
 PER_SHARD = 10_000
 
@@ -75,14 +75,6 @@ def write_shards(folder: Path, n: int, side: int) -> str:
     return spec
 
 
-def peak_mb() -> float:
-    """This process's peak resident memory so far (VmHWM), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def child(spec: str, size: int, crop: int, batch: int, cache: str, epoch_images: int | None) -> dict:
     """Steps 1-3 of the module's notes in this process; peak MB and seconds after each."""
     import torch
@@ -93,16 +85,16 @@ def child(spec: str, size: int, crop: int, batch: int, cache: str, epoch_images:
     from deepcluster.data.views import TrainView
 
     torch.set_num_threads(2)
-    out = {"start_mb": peak_mb()}
+    out = {"start_mb": status_mb("VmHWM")}
     clock = time.perf_counter()
     source = open_source(spec)
-    out.update(open_s=time.perf_counter() - clock, open_mb=peak_mb(), n=len(source))
+    out.update(open_s=time.perf_counter() - clock, open_mb=status_mb("VmHWM"), n=len(source))
     clock = time.perf_counter()
     if cache == "stream":
         images = stream_images(source, size, progress=False, inner_size=crop).images
     else:
         images = decode_images(source, size, progress=False, inner_size=crop).images
-    out.update(find_s=time.perf_counter() - clock, find_mb=peak_mb())
+    out.update(find_s=time.perf_counter() - clock, find_mb=status_mb("VmHWM"))
     view = TrainView(crop, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     generator = torch.Generator().manual_seed(0)
     order = torch.randperm(len(images), generator=generator)[:epoch_images]
@@ -111,7 +103,7 @@ def child(spec: str, size: int, crop: int, batch: int, cache: str, epoch_images:
         views = view(decoded, generator)
         seen += views.shape[0]
         checksum += float(views[:, 0, 0, 0].sum())
-    out.update(epoch_s=time.perf_counter() - clock, epoch_mb=peak_mb(), seen=seen, checksum=checksum)
+    out.update(epoch_s=time.perf_counter() - clock, epoch_mb=status_mb("VmHWM"), seen=seen, checksum=checksum)
     return out
 
 

@@ -24,12 +24,11 @@ from torchvision.ops import roi_align
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-def _normalize(
-    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], in_place: bool = False
-) -> torch.Tensor:
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel, in place."""
     mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return x.sub_(mean_t).div_(std_t) if in_place else (x - mean_t) / std_t
+    return x.sub_(mean_t).div_(std_t)
 
 
 def _normalize_255(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -128,9 +127,9 @@ def resized_crops(
     """The integer boxes (x1, y1, x2, y2) [n, 4] of uint8 `images` [n, 3, H, W], each resized to `size` x `size`:
     float32 [n, 3, size, size] in [0, 255]. Per crop (the default on the CPU) each crop is interpolated on uint8
     (bilinear, antialiased, rounded to uint8: torchvision's `transforms.v2.functional.resized_crop` of a uint8
-    tensor, pixel for pixel);
-    `batched` (the default elsewhere: one kernel for the batch) uses `roi_align` (bilinear with adaptive
-    sampling, within a few grey levels of it). The crops whose `flip` [n] (bool, CPU) is set are mirrored."""
+    tensor, pixel for pixel); `batched` (the default elsewhere: one kernel for the batch) uses `roi_align`
+    (bilinear with adaptive sampling, within a few grey levels of it). The crops whose `flip` [n] (bool, CPU)
+    is set are mirrored."""
     n = images.shape[0]
     if batched if batched is not None else images.device.type != "cpu":
         rois = torch.cat([torch.arange(n, dtype=boxes.dtype).unsqueeze(1), boxes], dim=1).to(images.device)
@@ -186,7 +185,7 @@ class TrainView:
             x[gray] = _grayscale(x[gray]).expand(-1, 3, -1, -1)
         if self.blur_prob > 0:
             x = self._blur(x, generator)
-        return _normalize(x, self.mean, self.std, in_place=True)
+        return _normalize(x, self.mean, self.std)
 
     def _blur(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Gaussian blur of the chosen images, each with its own sigma (one grouped convolution per axis)."""
