@@ -153,6 +153,14 @@ def main() -> None:
         "--caches",
         help="comma-separated data.cache values (memory, stream, disk): the fast path once with each, compared",
     )
+    parser.add_argument(
+        "--cpu-conv",
+        default="onednn",
+        help="run.cpu_conv of the fast path (onednn, nnpack, measure or a list)",
+    )
+    parser.add_argument(
+        "--cpu-convs", help="semicolon-separated run.cpu_conv values: the fast path once with each, compared"
+    )
     parser.add_argument("--scaling", help="comma-separated N: fast path at each size, growth fitted")
     parser.add_argument("--json", help="write every figure here")
     parser.add_argument("--progress", action="store_true")
@@ -197,13 +205,14 @@ def main() -> None:
             "data": str(data), "split": split, "n": count, "size": case["size"], "arch": case["arch"],
             "k": args.k, "batch_size": args.batch_size, "train_images": train_images, "device": args.device,
             "precision": args.precision, "out": str(work / out), "progress": args.progress,
-            "workers": args.workers, "preset": args.preset,
+            "workers": args.workers, "preset": args.preset, "cpu_conv": args.cpu_conv,
         }  # fmt: skip
 
     report: dict = {"case": args.case, "flops": flops, "rates": rates, "device": str(device), "gpu": gpu}
     spec = spec_for(args.n, args.train_images, "fast")
     print(f"data: {spec['data']} ({spec['n']:,} images, split {split})", flush=True)
-    if not ((args.scaling or args.caches) and args.no_reference):  # else only the sizes / caches it lists
+    listed = args.scaling or args.caches or args.cpu_convs
+    if not (listed and args.no_reference):  # else only the sizes / caches / kernels it lists
         fast = in_child("fast", spec)
         report["fast"] = {**fast, "phases": phase_rows(fast, flops, rates)}
         print_table("fast path", fast, report["fast"]["phases"])
@@ -223,20 +232,25 @@ def main() -> None:
             f"  {'epoch':<8} {epoch_ratio:6.2f}x   ({with_decode:.2f}x counting the fast path's one-off decode)"
         )
         report["speedup_epoch"] = epoch_ratio
-    if args.caches:
-        report["caches"] = {}
-        for cache in args.caches.split(","):
-            run = in_child("fast", {**spec, "cache": cache, "out": str(work / f"fast-{cache}")})
-            run["phases"] = phase_rows(run, flops, rates)
-            print_table(f"fast path, data.cache={cache}", run, run["phases"])
-            report["caches"][cache] = run
-        print("\nfast path by data.cache (same images, same run):")
-        print(f"  {'cache':<8} {'epoch s':>8} {'decode+setup s':>15} {'wall s':>8} {'peak RSS GB':>12}")
-        for cache, run in report["caches"].items():
-            epoch = sum(run["seconds"].values())
-            wall = epoch + run["decode_and_setup_seconds"]
-            print(f"  {cache:<8} {epoch:8.1f} {run['decode_and_setup_seconds']:15.1f} {wall:8.1f} "
-                  f"{run['peak_rss_gb']:12.2f}", flush=True)  # fmt: skip
+    variants = [("cache", "caches", v) for v in (args.caches.split(",") if args.caches else [])]
+    variants += [("cpu_conv", "cpu_convs", v) for v in (args.cpu_convs.split(";") if args.cpu_convs else [])]
+    for key, group, value in variants:
+        run = in_child(
+            "fast", {**spec, key: value, "out": str(work / f"fast-{group}-{len(report.get(group, {}))}")}
+        )
+        run["phases"] = phase_rows(run, flops, rates)
+        print_table(f"fast path, {key}={value}", run, run["phases"])
+        report.setdefault(group, {})[value] = run
+    for group in ("caches", "cpu_convs"):
+        if group not in report:
+            continue
+        print(f"\nfast path by {group[:-1]} (same images, same run):")
+        print(f"  {'value':<12} {'extract s':>9} {'train s':>8} {'epoch s':>8} {'decode+setup s':>15} "
+              f"{'peak RSS GB':>12}")  # fmt: skip
+        for value, run in report[group].items():
+            sec = run["seconds"]
+            print(f"  {value:<12} {sec['extract']:9.1f} {sec['train']:8.1f} {sum(sec.values()):8.1f} "
+                  f"{run['decode_and_setup_seconds']:15.1f} {run['peak_rss_gb']:12.2f}", flush=True)  # fmt: skip
     if args.scaling:
         sizes = [int(s) for s in args.scaling.split(",")]
         runs = [in_child("fast", spec_for(n, args.train_images, f"fast-{n}")) for n in sizes]

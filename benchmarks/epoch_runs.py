@@ -132,6 +132,7 @@ def run_fast(spec: dict) -> dict:
                 "precision": spec["precision"],
                 "checkpoint_every": 0,
                 "progress": spec["progress"],
+                "cpu_conv": spec.get("cpu_conv", "onednn"),
                 "knn_monitor": 0,  # an evaluation extra (a forward pass over its sample): not epoch work
             },
         },
@@ -147,7 +148,8 @@ def run_fast(spec: dict) -> dict:
         "seconds": seconds,
         "images": {"extract": spec["n"], "assign": spec["n"], "train": steps * spec["batch_size"]},
         "decode_and_setup_seconds": wall - sum(seconds.values()),
-        "precision": load_config(Path(result.run_dir) / "config.yaml").run.precision,
+        "precision": (run := load_config(Path(result.run_dir) / "config.yaml").run).precision,
+        "cpu_conv": run.cpu_conv,
         **peak_memory(),
     }
 

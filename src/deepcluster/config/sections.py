@@ -31,6 +31,7 @@ SCHEDULES = ("constant", "cosine")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
 PCA_BACKENDS = ("auto", "numpy", "torch")
 OPTIMIZERS = ("sgd", "lars")
+CONV_KERNELS = ("onednn", "nnpack")
 SEED_MAX = 2**63 - 1
 """The largest run seed (torch's and the derived seeds' 63 bits)."""
 
@@ -60,6 +61,12 @@ def _off_or_two(value: Any) -> str | None:
 def _device_name(value: Any) -> str | None:
     ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or value.startswith("cuda:"))
     return None if ok else "choose cpu, cuda, cuda:N or auto"
+
+
+def _cpu_conv(value: Any) -> str | None:
+    names = [name.strip() for name in str(value).split(",")]
+    ok = value == "measure" or all(name in CONV_KERNELS for name in names)
+    return None if ok else "choose onednn, nnpack, measure, or a comma-separated list of onednn and nnpack"
 
 
 CACHES = ("auto", "memory", "disk", "stream")
@@ -256,6 +263,14 @@ class RunConfig:
         "fp32, bf16 or auto (bf16 on CPUs with native bf16 and on CUDA GPUs that have it)",
         flag="--precision",
         check=one_of(*PRECISIONS),
+    )
+    cpu_conv: str = option(
+        "onednn",
+        "forward kernel of the backbone's convolutions on the CPU in fp32: onednn, nnpack (stride-1 layers "
+        "in batches of 16 or more; im2col + GEMM for the others), one of them per convolution (comma-separated), "
+        "or measure: time both on each layer at set-up and keep the faster (config.yaml records the list)",
+        flag="--cpu-conv",
+        check=_cpu_conv,
     )
     out: str | None = option(None, "run directory (default runs/<method>-<date>-<time>)", flag="--out")
     checkpoint_every: int = option(

@@ -16,6 +16,7 @@ from torch import nn
 from deepcluster.config import ConfigError, TrainConfig, dump_config
 from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
+from deepcluster.engine.conv_kernels import resolve_cpu_conv
 from deepcluster.engine.device import Precision, images_on_device
 from deepcluster.engine.distributed import Processes
 from deepcluster.engine.labels import LabelPhase
@@ -134,6 +135,7 @@ class Session:
             )
         n_images = decoded.images.shape[0]
         cfg = self.config = check_data_size(cfg, self.method, n_images, backbone.feature_dim)
+        cfg = self.config = resolve_cpu_conv(cfg, backbone, procs, self.precision)
         true = self.source.labels
         self.data = RunImages(
             images=images_on_device(decoded.images, device), indices=decoded.indices, name_of=self.source.name,

@@ -19,6 +19,7 @@ from torch import nn
 from deepcluster.cluster.preprocess import l2_normalize
 from deepcluster.config import ConfigError, TrainConfig
 from deepcluster.data.views import ClusterView
+from deepcluster.engine.conv_kernels import use_recorded_kernels
 from deepcluster.engine.device import Precision, resolve_device, resolve_precision
 from deepcluster.engine.features import extract_features
 from deepcluster.methods import METHODS, Assignment, ExtractingMethod, Method
@@ -164,6 +165,7 @@ def load(run_dir: str | Path, device: str = "auto", trust_checkpoint: bool = Fal
     backbone = build_backbone(str(model.arch), sobel=model.sobel, input_size=int(config.data.input_size))
     backbone.load_state_dict(checkpoint["model"])
     backbone = backbone.to(chosen).to(memory_format=torch.channels_last).eval()
+    use_recorded_kernels(backbone, str(config.run.cpu_conv), precision)
     method = METHODS.build(config, chosen)
     heads = checkpoint_heads(method, backbone.feature_dim, checkpoint)
     heads = None if heads is None else heads.to(chosen)
