@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.resources
 import io
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb, to_rgb
+from deepcluster.data.sources.pread import PositionalFiles, stored_npy_range
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -40,7 +42,7 @@ def _load_npz(path: Path, where: str) -> Any:
     """``np.load(path)`` without pickle; a file NumPy cannot read raises DataError naming ``where``."""
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:  # BadZipFile: a truncated or damaged file
         raise DataError(f"{where}: cannot read as a NumPy .npz archive ({error})") from error
 
 
@@ -123,7 +125,12 @@ class JpegBytesSource(ImageSource):
     present, else the first split in the file."""
 
     def __init__(
-        self, path: str | os.PathLike[str], split: str | None = None, *, label: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        split: str | None = None,
+        *,
+        label: str | None = None,
+        resident: bool = False,
     ) -> None:
         self.path = Path(path).expanduser()
         where = f"--data {path}"
@@ -143,12 +150,19 @@ class JpegBytesSource(ImageSource):
             if f"off_{split}" not in keys:
                 raise DataError(f"{where}: key 'off_{split}' (int64 offsets of split '{split}') is missing")
             self.split = split
-            self._bytes = archive[f"jpeg_{split}"]
+            stored = None if resident else stored_npy_range(self.path, f"jpeg_{split}.npy")
+            if stored is None:  # compressed (np.savez_compressed), or asked to: the bytes are held in RAM
+                self._bytes: np.ndarray | None = archive[f"jpeg_{split}"]
+                layout = (self._bytes.dtype, self._bytes.shape, len(self._bytes))
+            else:  # stored: each image is read from the file when needed (`raw_bytes`)
+                self._bytes, self._start = None, stored[0]
+                layout = (stored[2], stored[3], stored[1])
+                self._files = PositionalFiles([self.path])
             self._offsets = archive[f"off_{split}"].astype(np.int64)
             labels = archive[f"y_{split}"] if f"y_{split}" in keys else None
             names = archive[f"files_{split}"] if f"files_{split}" in keys else None
             classes = archive["classes"] if "classes" in keys else None
-        self._check_layout(where)
+        self._check_layout(where, *layout)
         n = len(self._offsets) - 1
         self._labels = None if labels is None else _as_labels(labels, n, f"{where}, key 'y_{split}'")
         self._names = (
@@ -160,19 +174,23 @@ class JpegBytesSource(ImageSource):
         kind = label if label is not None else f"archive {self.path} split '{split}'"
         self.description = _describe(kind, n, self._classes)
 
-    def _check_layout(self, where: str) -> None:
+    @property
+    def resident(self) -> bool:
+        """Whether the split's image bytes are held in memory (a compressed archive) rather than read from the
+        file image by image (an archive written with `np.savez`, as ../shared/datasets' are)."""
+        return self._bytes is not None
+
+    def _check_layout(self, where: str, dtype: np.dtype, shape: tuple[int, ...], length: int) -> None:
         split = self.split
-        if self._bytes.dtype != np.uint8 or self._bytes.ndim != 1:
+        if dtype != np.uint8 or len(shape) != 1:
             raise DataError(
                 f"{where}: key 'jpeg_{split}' must be a 1-D uint8 array of concatenated image files"
             )
         off = self._offsets
         if off.ndim != 1 or len(off) < 2:
             raise DataError(f"{where}: key 'off_{split}' must be a 1-D int64 array of N + 1 offsets (N >= 1)")
-        if off[0] < 0 or off[-1] > len(self._bytes) or np.any(np.diff(off) < 0):
-            raise DataError(
-                f"{where}: key 'off_{split}' must be non-decreasing offsets within 0..{len(self._bytes)}"
-            )
+        if off[0] < 0 or off[-1] > length or np.any(np.diff(off) < 0):
+            raise DataError(f"{where}: key 'off_{split}' must be non-decreasing offsets within 0..{length}")
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -180,7 +198,10 @@ class JpegBytesSource(ImageSource):
     def raw_bytes(self, index: int) -> bytes:
         """The encoded file of image ``index``."""
         index = self._check_index(index)
-        return self._bytes[self._offsets[index] : self._offsets[index + 1]].tobytes()
+        start, end = int(self._offsets[index]), int(self._offsets[index + 1])
+        if self._bytes is not None:
+            return self._bytes[start:end].tobytes()
+        return self._files.read(0, self._start + start, end - start, f"image {self.name(index)}")
 
     def load(self, index: int) -> Image.Image:
         data = self.raw_bytes(index)
@@ -202,4 +223,5 @@ def embedded_source() -> JpegBytesSource:
     """The packaged CIFAR-10 test split (10,000 RGB 32 x 32 JPEG images, 10 classes)."""
     resource = importlib.resources.files("deepcluster.data") / "embedded" / "cifar10_test.npz"
     with importlib.resources.as_file(resource) as path:
-        return JpegBytesSource(path, "test", label="embedded CIFAR-10 test split")
+        # held in memory (about 9 MB): the packaged file may be a temporary copy that as_file removes
+        return JpegBytesSource(path, "test", label="embedded CIFAR-10 test split", resident=True)

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb
+from deepcluster.data.sources.pread import PositionalFiles
 from deepcluster.storage.files import atomic_write
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp", "ppm", "pgm", "bmp", "tif", "tiff", "gif")
@@ -117,7 +118,7 @@ class ShardSource(ImageSource):
         if table["labelled"].all():
             self._labels = table["label"]
             self._classes = _class_list(self._labels, class_names)
-        self._handles: dict[tuple[int, int], int] = {}
+        self._files = PositionalFiles(list(self.shards))
         self.description = _describe(f"{len(self.shards)} shard(s) {spec}", len(self), self._classes)
         if self._labels is not None and self._classes is None:
             self.description = self.description.replace("no labels", "with classes")
@@ -160,22 +161,11 @@ class ShardSource(ImageSource):
         return self._encoded_names[self._check_index(index)].decode()
 
     def raw_bytes(self, index: int) -> bytes:
-        """The image member's bytes of sample `index`. One descriptor per shard and process, opened on first
-        use, read with `os.pread` (a positional read, no shared file position): the decode threads share it."""
+        """The image member's bytes of sample `index`, read at its offset (`PositionalFiles`: one descriptor
+        per shard and process, shared by the decode threads)."""
         index = self._check_index(index)
-        shard = int(self._shard[index])
-        key = (os.getpid(), shard)  # a worker process forked from this one opens its own
-        fd = self._handles.get(key)
-        if fd is None:
-            fd = os.open(self.shards[shard], os.O_RDONLY)
-            first = self._handles.setdefault(key, fd)
-            if first != fd:  # another thread opened it at the same moment: keep one
-                os.close(fd)
-                fd = first
-        data = os.pread(fd, int(self._size[index]), int(self._offset[index]))
-        if len(data) != self._size[index]:
-            raise OSError(f"{self.shards[shard]}: truncated at sample {self.name(index)}")
-        return data
+        shard, offset, size = int(self._shard[index]), int(self._offset[index]), int(self._size[index])
+        return self._files.read(shard, offset, size, f"sample {self.name(index)}")
 
     def load(self, index: int) -> Image.Image:
         data = self.raw_bytes(index)
@@ -183,14 +173,6 @@ class ShardSource(ImageSource):
             return _open_rgb(io.BytesIO(data))
         except UnidentifiedImageError:  # PIL names the buffer object: say what it was
             raise UnidentifiedImageError(f"not an image (a member of {len(data)} bytes)") from None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_handles": {}}
-
-    def __del__(self) -> None:
-        for (pid, _), fd in getattr(self, "_handles", {}).items():
-            if pid == os.getpid():
-                os.close(fd)
 
 
 def _member(source: ImageSource, index: int) -> tuple[str, bytes]:
