@@ -69,8 +69,9 @@ def test_an_archive_truncated_under_a_run_names_the_file(archives: tuple[Path, P
     stored, _ = archives
     source = JpegBytesSource(stored, "val")
     assert source.raw_bytes(0)  # opened and read once
-    start, _, _, _ = stored_npy_range(stored, "jpeg_val.npy") or (0, 0, 0, 0)
-    os.truncate(stored, start + 10)  # inside the first image of the split
+    found = stored_npy_range(stored, "jpeg_val.npy")
+    assert found is not None
+    os.truncate(stored, found[0] + 10)  # inside the first image of the split
     with pytest.raises(OSError, match=r"stored\.npz: truncated at image c1/val_001\.jpg"):
         source.raw_bytes(1)
     with pytest.raises(DataError, match=r"--data .*stored\.npz: cannot read as a NumPy \.npz archive"):

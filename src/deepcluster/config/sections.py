@@ -63,9 +63,13 @@ def _device_name(value: Any) -> str | None:
     return None if ok else "choose cpu, cuda, cuda:N or auto"
 
 
+def cpu_conv_names(value: str) -> list[str]:
+    """The kernel names of a `run.cpu_conv` value: one, or a comma-separated list (one per convolution)."""
+    return [name.strip() for name in value.split(",")]
+
+
 def _cpu_conv(value: Any) -> str | None:
-    names = [name.strip() for name in str(value).split(",")]
-    ok = value == "measure" or all(name in CONV_KERNELS for name in names)
+    ok = value == "measure" or all(name in CONV_KERNELS for name in cpu_conv_names(str(value)))
     return None if ok else "choose onednn, nnpack, measure, or a comma-separated list of onednn and nnpack"
 
 

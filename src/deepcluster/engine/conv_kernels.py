@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.config.sections import cpu_conv_names
 from deepcluster.engine.device import Precision
 from deepcluster.engine.distributed import Processes
 from deepcluster.models.backbone import frozen_eval
@@ -74,7 +75,7 @@ def _applies(backbone: nn.Module, precision: Precision) -> bool:
 def expand_kernels(value: str, count: int) -> list[str]:
     """One kernel per convolution from `run.cpu_conv` (one name for all, or a comma-separated list of
     `count` names); ConfigError naming the option when a list has another length."""
-    names = [name.strip() for name in value.split(",")]
+    names = cpu_conv_names(value)
     if len(names) == 1:
         return names * count
     if len(names) != count:
