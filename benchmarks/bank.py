@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 from deepcluster import preset_config
+from deepcluster.api import train
 from deepcluster.config import apply_overrides
 from deepcluster.engine.device import machine_description
-from deepcluster.engine.trainer import train
 from deepcluster.evaluate.results import format_table
 
 PHASES = ("extract", "assign", "train")

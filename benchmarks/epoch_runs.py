@@ -110,8 +110,8 @@ def peak_memory() -> dict[str, float]:
 def run_fast(spec: dict) -> dict:
     """One epoch of `deepcluster train`; phase seconds from its metrics, decode + set-up from the wall time."""
     from deepcluster import load_config, preset_config
+    from deepcluster.api import train
     from deepcluster.config import apply_overrides
-    from deepcluster.engine.trainer import train
 
     config = apply_overrides(
         preset_config(spec.get("preset", "default"), method="deepcluster"),  # the reference's method

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from deepcluster import preset_config
+from deepcluster.api import train
 from deepcluster.cluster.metrics import nmi
 from deepcluster.config import apply_overrides, parse_set
-from deepcluster.engine.trainer import train
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods import primary_labels

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from deepcluster import load_config, preset_config
+from deepcluster.api import train
 from deepcluster.cluster import kmeans
 from deepcluster.cluster.knn import weighted_knn_accuracy
 from deepcluster.cluster.metrics import ari, nmi
@@ -37,7 +38,6 @@ from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision, machine_description
-from deepcluster.engine.trainer import train
 from deepcluster.evaluate.linear_probe import probe_pool_size
 from deepcluster.models import build_backbone, channels_last
 from deepcluster.seeding import derive_seed, seed_everything

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from deepcluster import load_config, preset_config
+from deepcluster.api import train
 from deepcluster.cluster import kmeans, l2_normalize
 from deepcluster.cluster.metrics import clustering_report
 from deepcluster.config import apply_overrides, parse_set
@@ -32,10 +33,9 @@ from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision, machine_description
 from deepcluster.engine.features import extract_features
-from deepcluster.engine.trainer import train
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.runner import EvalConfig, evaluate
-from deepcluster.methods import Assignment, build_method, primary_labels
+from deepcluster.methods import build_method, primary_labels
 from deepcluster.models import build_backbone
 from deepcluster.seeding import derive_seed, seed_everything, torch_generator
 from jpeg_archives import archive_rows
@@ -69,20 +69,16 @@ def random_init_clustering(config, seed: int) -> dict[str, float]:
     network = network.to(precision.device).to(memory_format=torch.channels_last).eval()
     view = ClusterView(config.data.input_size, config.data.mean, config.data.std)
     method = build_method(config)
-    heads = None
-    if not method.fresh_heads:  # a method that labels from its own heads' outputs
-        start = method.initial_assignment(decoded.indices, source.name, seed)
-        if start is None:  # the v2 methods: heads built from k alone, labels from their projections
-            start = Assignment(
-                labels=np.zeros(len(decoded.indices), dtype=np.int64), n_classes=config.cluster.k
-            )
-        heads = (
-            method.build_heads(network.feature_dim, start, torch_generator(seed)).to(precision.device).eval()
-        )
+    # heads the labels are made through: the v2 methods' projection head, or SeLa's heads for its random start
+    heads = method.initial_heads(network.feature_dim, torch_generator(seed))
+    start = method.initial_assignment(decoded.indices, source.name, seed)
+    if heads is None and start is not None:
+        heads = method.build_heads(network.feature_dim, start, torch_generator(seed))
+    heads = None if heads is None else heads.to(precision.device).eval()
     features = extract_features(
         lambda x: method.extract(network, heads, x), decoded.images, view, 256, precision
     )
-    labels = primary_labels(method.assign(features, seed=derive_seed(seed, "benchmark")).labels)
+    labels = primary_labels(method.assign(features, heads, seed=derive_seed(seed, "benchmark")).labels)
     truth = np.asarray(source.labels)[decoded.indices]
     return {
         **clustering_report(labels, truth),

@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from deepcluster.cli import build_parser, build_train_config, main
-from deepcluster.config import CORE_SECTIONS, ConfigError, apply_overrides
-from deepcluster.engine.setup import check_data_size, check_processes
-from deepcluster.methods import METHODS, build_method
-from synthetic import noise_image, small_config
+from deepcluster.config import CORE_SECTIONS, ConfigError, apply_overrides, load_config
+from deepcluster.engine.loop import Trainer
+from deepcluster.engine.setup import fit_data_size, refuse_before_data
+from deepcluster.methods import METHODS
+from synthetic import noise_image, small_config, write_pattern_npz
 
 MISSING_DATA = "/nonexistent/folder"
 """A --data that fails at once: a value that slipped through the checks would end the run there, named wrongly."""
@@ -42,6 +43,11 @@ def _every_option() -> list[tuple[str, str, str]]:
         for item in dataclasses.fields(kind):
             found.append((section, item.name, str(item.type)))
     return found
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pattern_npz(tmp_path_factory.mktemp("data") / "patterns.npz")
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -227,7 +233,7 @@ def test_an_input_size_the_arch_cannot_take_names_both(
 
 def _fitted(method: str, n_images: int, feature_dim: int | None, **sections: dict):
     config = METHODS.complete(small_config("unused", Path("unused"), method=method, **sections))
-    return check_data_size(config, build_method(config), n_images, feature_dim)
+    return fit_data_size(config, METHODS[method], n_images, feature_dim)
 
 
 def test_pca_dim_fits_the_rows_it_is_trained_on_and_the_features(caplog: pytest.LogCaptureFixture) -> None:
@@ -244,11 +250,18 @@ def test_pca_dim_fits_the_rows_it_is_trained_on_and_the_features(caplog: pytest.
         assert not caplog.records
 
 
-def test_the_method_runs_with_the_fitted_settings() -> None:
-    config = METHODS.complete(small_config("unused", Path("unused"), cluster={"pca_dim": 256}))
-    method = build_method(config)
-    fitted = check_data_size(config, method, 100, 4096)
-    assert method.config is fitted and method.config.cluster.pca_dim == 99
+def test_the_method_runs_with_the_fitted_settings(npz_data: Path, tmp_path: Path) -> None:
+    config = small_config(npz_data, tmp_path / "run", cluster={"pca_dim": 256}, optim={"epoch_size": 32})
+    trainer = Trainer(apply_overrides(config, {"run": {"epochs": 1}}))
+    trainer.fit()
+    rows, dim = len(trainer.data.indices), trainer.backbone.feature_dim
+    assert (
+        trainer.method.config is trainer.config and trainer.config.cluster.pca_dim == min(rows - 1, dim) < 256
+    )
+    assert (
+        load_config(tmp_path / "run" / "config.yaml", METHODS).cluster.pca_dim
+        == trainer.config.cluster.pca_dim
+    )
 
 
 def test_the_batch_is_at_most_an_epoch(caplog: pytest.LogCaptureFixture) -> None:
@@ -307,4 +320,4 @@ def test_processes_need_images_and_a_batch_they_share(monkeypatch: pytest.Monkey
     with pytest.raises(
         ConfigError, match=r"--batch-size 30 \(the total over all processes\) is not a multiple"
     ):
-        check_processes(config, build_method(METHODS.complete(config)))
+        refuse_before_data(METHODS.complete(config), METHODS["sela"], 100)

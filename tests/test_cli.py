@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepcluster.api import train
 from deepcluster.cli import main
-from deepcluster.engine.trainer import train
 from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from deepcluster import load_config
+from deepcluster.api import resume, train
 from deepcluster.config import ConfigError
 from deepcluster.config.sections import CONV_KERNELS
 from deepcluster.engine.conv_kernels import conv_layers, expand_kernels, measure_kernels, use_kernels
-from deepcluster.engine.trainer import Trainer, resume, train
+from deepcluster.engine.loop import Trainer
 from deepcluster.models import build_backbone
 from deepcluster.use.run import load
 from synthetic import assert_same_run, small_config, write_pattern_npz

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
 
 from deepcluster import load_config
+from deepcluster.api import resume, train
 from deepcluster.cli import main
 from deepcluster.cluster import assign, kmeans, kmeans_on_sample, pca_torch
 from deepcluster.cluster.hierarchical import hierarchical_kmeans
 from deepcluster.data.rotations import decode_targets, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample, uniform_cluster_sample
-from deepcluster.engine.trainer import Trainer, resume, train
+from deepcluster.engine.loop import Trainer
 from deepcluster.methods import DeepCluster, DeeperCluster
 from deepcluster.methods.clustering import pca_device
 from deepcluster.methods.deepercluster import hierarchical_loss
@@ -141,21 +143,46 @@ def test_quarter_turns_are_counter_clockwise_and_four_make_identity() -> None:
         rotate_quarter_turns(torch.zeros(1, 3, 4, 5), torch.zeros(1, dtype=torch.int64))
 
 
-def test_prepare_batch_rotates_and_pairs_the_turn_with_the_cluster(tmp_path: Path) -> None:
+class Seen(nn.Module):
+    """A backbone that keeps what it is given (and gives it back flattened)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        return x.flatten(1)
+
+
+def _rotated(
+    method: DeeperCluster, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The network input and targets `forward` makes of a batch (generator seeded 5)."""
+    backbone = Seen()
+    heads = HierarchicalHead(3 * 8 * 8, 4 * method.n_rotations, 4, generator=torch.Generator().manual_seed(0))
+    (super_logits, _), targets = method.forward(
+        backbone, heads, images, labels, torch.Generator().manual_seed(5)
+    )
+    assert super_logits.shape == (len(images), 4 * method.n_rotations)
+    return backbone.inputs[0], targets
+
+
+def test_forward_rotates_and_pairs_the_turn_with_the_cluster(tmp_path: Path) -> None:
     method = DeeperCluster(deeper_config(tmp_path / "unused.npz", tmp_path / "run"))
     images = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(16) % 8
-    x, targets = method.prepare_batch(images, labels, torch.Generator().manual_seed(5))
+    x, targets = _rotated(method, images, labels)
     assert targets.dtype == torch.int64 and targets.shape == (16, 2) and int(targets[:, 0].max()) < 8
     clusters, turns = decode_targets(targets[:, 0], targets[:, 1], 4, 4)
     assert torch.equal(clusters, labels) and len(turns.unique()) > 1
     for i in range(16):
         assert torch.equal(x[i], torch.rot90(images[i], int(turns[i]), dims=(-2, -1)))
-    again, _ = method.prepare_batch(images, labels, torch.Generator().manual_seed(5))
+    again, _ = _rotated(method, images, labels)
     assert torch.equal(again, x)
 
     method.config.deepercluster.rotations = False
-    x, targets = method.prepare_batch(images, labels, torch.Generator().manual_seed(5))
+    x, targets = _rotated(method, images, labels)
     assert torch.equal(x, images) and torch.equal(targets[:, 0], labels // 4)
 
 
@@ -223,11 +250,11 @@ def test_every_super_cluster_gets_an_equal_share_then_its_sub_clusters() -> None
 def test_one_super_cluster_without_rotations_assigns_deepclusters_labels(tmp_path: Path) -> None:
     features = np.random.default_rng(0).normal(size=(N_IMAGES, 32)).astype(np.float32)
     config = deeper_config(tmp_path / "unused.npz", tmp_path / "run", deepercluster={"super_clusters": 1})
-    deeper = DeeperCluster(config).assign(features, seed=11)
-    flat = DeepCluster(config).assign(features, seed=11)
+    deeper = DeeperCluster(config).assign(features, None, seed=11)
+    flat = DeepCluster(config).assign(features, None, seed=11)
     assert np.array_equal(deeper.labels, flat.labels) and deeper.n_classes == 8
     config.cluster.kmeans_sample = 40
-    sampled = DeeperCluster(config).assign(features, seed=11)
+    sampled = DeeperCluster(config).assign(features, None, seed=11)
     assert sampled.labels.shape == (N_IMAGES,) and sampled.stats["n_empty"] == 0
     assert not np.array_equal(sampled.labels, flat.labels)
 
@@ -245,8 +272,8 @@ def test_the_torch_pca_gives_the_numpy_pcas_labels(tmp_path: Path, monkeypatch: 
     for backend in ("numpy", "torch"):
         config.cluster.pca_backend = backend
         flat, deeper = (
-            DeepCluster(config).assign(features, seed=5),
-            DeeperCluster(config).assign(features, seed=5),
+            DeepCluster(config).assign(features, None, seed=5),
+            DeeperCluster(config).assign(features, None, seed=5),
         )
         labels[backend] = (flat.labels, deeper.labels)
     assert fits == ["torch", "torch"]  # only pca_backend=torch fitted on the torch path, for both methods

@@ -80,7 +80,9 @@ def _single_process_labels(run: Path, **cluster: object) -> np.ndarray:
     key = ("final", 2)
     features = np.load(run / "features.npy")
     method = build_method(config)
-    return method.final(features, method.assign(features, seed=derive_seed(SEED, "assign", *key))).labels
+    return method.final(
+        features, method.assign(features, None, seed=derive_seed(SEED, "assign", *key))
+    ).labels
 
 
 def _labels_csv(run: Path) -> np.ndarray:
@@ -141,7 +143,7 @@ def test_method_on_two_processes_agrees_with_one(
 
 
 def test_a_single_process_run_sets_up_nothing_distributed(data: Path, tmp_path: Path) -> None:
-    from deepcluster.engine.trainer import Trainer
+    from deepcluster.engine.loop import Trainer
     from synthetic import small_config
 
     assert "WORLD_SIZE" not in os.environ
@@ -193,7 +195,7 @@ def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
     )
     heads.load_state_dict(checkpoint["heads"])
     one.load_state_dict(checkpoint["method"])
-    alone = one.assign_stored(derive_seed(SEED, "assign", "final", 2), heads, last=True)
+    alone = one.assign_stored(heads, derive_seed(SEED, "assign", "final", 2), last=True)
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert history[1]["label_updates"] == 1 and history[1]["seconds_extract"] == 0  # no pass over the data
     np.testing.assert_array_equal(_labels_csv(run), alone.labels)  # the final labels, from the bank too

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.api import train
 from deepcluster.cli import main
 from deepcluster.cluster.metrics import nmi
-from deepcluster.engine.trainer import train
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.models import build_backbone
 from deepcluster.storage import RunDir

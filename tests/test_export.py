@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import deepcluster
-from deepcluster.config import ConfigError
+from deepcluster.api import train
+from deepcluster.config import ConfigError, config_from_dict
 from deepcluster.data.views import ClusterView
-from deepcluster.engine.trainer import train
 from deepcluster.methods import METHODS, Assignment
 from deepcluster.models.loading import load_model
 from deepcluster.models.registry import build_backbone
@@ -147,7 +147,7 @@ def test_the_json_s_preprocessing_reproduces_the_cluster_view(run: Path, tmp_pat
 def _checkpoint_heads(run: Path, feature_dim: int) -> torch.nn.Module:
     """The run's heads rebuilt here independently of export: the method's build_heads, the checkpoint's weights."""
     checkpoint = RunDir(run).load_checkpoint()
-    method = METHODS.build(METHODS.from_dict(checkpoint["config"]))
+    method = METHODS.build(config_from_dict(checkpoint["config"], METHODS))
     labels = checkpoint["loop"]["labels"]
     heads = method.build_heads(feature_dim, Assignment(labels, checkpoint["n_classes"]), torch.Generator())
     heads.load_state_dict(checkpoint["heads"])

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from deepcluster.cli import build_parser, main
-from deepcluster.config import ConfigError, option
+from deepcluster.config import ConfigError, TrainConfig, option
 from deepcluster.config.options import number, whole
 from deepcluster.methods import METHODS, Assignment, ExtractingMethod
 from deepcluster.models import ClassifierHead
@@ -35,12 +35,15 @@ class Toy(ExtractingMethod):
     name = "toy"
     summary = "sign patterns of random projections (a test's method)"
     Config = ToyConfig
-    uses_k = False
+
+    @classmethod
+    def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        return config  # 2^bits clusters: cluster.k plays no part
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)
 
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+    def assign(self, features: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
         toy = self.config.toy
         planes = np.random.default_rng(seed).normal(size=(features.shape[1], toy.bits)) * toy.scale
         bits = (features - features.mean(axis=0)) @ planes > 0

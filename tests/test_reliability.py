@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.api import train
 from deepcluster.cli import main
 from deepcluster.engine.loop import Trainer
-from deepcluster.engine.trainer import train
 from deepcluster.storage import (
     DamagedCheckpoint,
     RunInUse,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepcluster.engine.trainer import train
+from deepcluster.api import train
 from deepcluster.evaluate.results import format_cell
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.report.curves import plot_curves

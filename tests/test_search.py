@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 import deepcluster
+from deepcluster.api import train
 from deepcluster.cli import main
-from deepcluster.engine.trainer import train
 from deepcluster.storage import load_checkpoint, save_checkpoint
 from synthetic import small_config
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.api import resume, train
 from deepcluster.cli import main
 from deepcluster.config import ConfigError
-from deepcluster.engine.trainer import Trainer, resume, train
+from deepcluster.engine.loop import Trainer
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods.sela import default_lambda, multi_head_loss, update_steps
 from deepcluster.models import MultiHead

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepcluster.api import train
 from deepcluster.cli import main
 from deepcluster.data.sources import DataError, ShardSource, open_source, write_shards
-from deepcluster.engine.trainer import train
 from deepcluster.storage import RunDir
 from synthetic import noise_image, small_config
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
+from deepcluster.api import resume, train
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import DataError, open_source
 from deepcluster.data.sources.shards import write_shards
 from deepcluster.data.stream import PREFETCH, StreamedImages, batches, stream_images
-from deepcluster.engine.trainer import Trainer, resume, train
+from deepcluster.engine.loop import Trainer
 from deepcluster.storage import load_checkpoint
 from synthetic import assert_same_run, noise_image, small_config, torchrun
 

@@ -13,9 +13,11 @@ import torch
 from PIL import Image
 
 from deepcluster import load_config
+from deepcluster.api import resume, train
 from deepcluster.config import ConfigError
 from deepcluster.data.sources import DataError
-from deepcluster.engine.trainer import Trainer, TrainingDiverged, resume, train
+from deepcluster.engine.loop import Trainer
+from deepcluster.engine.state import TrainingDiverged
 from deepcluster.models import ClassifierHead
 from deepcluster.seeding import derive_seed, torch_generator
 from deepcluster.storage import RunDir, load_checkpoint

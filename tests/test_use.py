@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import deepcluster
+from deepcluster.api import train
 from deepcluster.cli import main
-from deepcluster.engine.trainer import train
 from deepcluster.storage import RunDir
 from synthetic import pattern_images, small_config, write_pattern_npz
 

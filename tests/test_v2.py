@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from deepcluster.api import resume
 from deepcluster.cli import main
 from deepcluster.cluster.spherical import spherical_kmeans, torch_spherical_kmeans
 from deepcluster.data.views import MultiCropView, TrainView
-from deepcluster.engine.trainer import Trainer, resume
+from deepcluster.engine.loop import Trainer
 from deepcluster.methods import METHODS
 from deepcluster.methods.v2 import v2_loss
 from deepcluster.models import PrototypeHead, build_backbone
@@ -135,8 +136,9 @@ def test_crops_of_two_sizes_pass_a_resnet_in_one_step() -> None:
     backbone = build_backbone("resnet18_small", sobel=False, input_size=16)
     heads = PrototypeHead(backbone.feature_dim, 8, 2, hidden=16, out_dim=4, generator=torch.Generator())
     crops = view(torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8), torch.Generator().manual_seed(0))
-    z, scores = method.forward(backbone, heads, crops, torch.zeros(3, 2, dtype=torch.long))
-    assert z.shape == (2, 3, 4) and scores.shape == (4, 3, 2, 8)
+    labels = torch.zeros(3, 2, dtype=torch.long)
+    (z, scores), targets = method.forward(backbone, heads, crops, labels, torch.Generator())
+    assert z.shape == (2, 3, 4) and scores.shape == (4, 3, 2, 8) and targets is labels
 
 
 # ---------------------------------------------------------------- whole runs

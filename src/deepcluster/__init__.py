@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from deepcluster.config import ConfigError, TrainConfig, apply_overrides, dump_config
 
 if TYPE_CHECKING:
-    from deepcluster.engine.trainer import RunResult
+    from deepcluster.engine.loop import RunResult
 
 __version__ = "0.1.0"
 

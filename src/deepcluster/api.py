@@ -10,11 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deepcluster.config import TrainConfig
-from deepcluster.engine.trainer import RunResult, StepCallback
-from deepcluster.engine.trainer import resume as _resume
-from deepcluster.engine.trainer import train as _train
+from deepcluster import config as settings
+from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.engine.loop import RunResult, StepCallback, Trainer
 from deepcluster.methods import METHODS
+from deepcluster.storage import RunDir
 
 log = logging.getLogger("deepcluster")
 
@@ -22,22 +22,48 @@ log = logging.getLogger("deepcluster")
 def preset_config(name: str = "default", method: str | None = None) -> TrainConfig:
     """A named preset (`default` or `paper`) for `method` (default: the default method), with every registered
     method's settings section; the method's own starting settings apply under the preset's."""
-    return METHODS.preset(name, method)
+    return settings.preset_config(name, method, METHODS)
 
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "config") -> TrainConfig:
-    """A config from nested settings ({"preset": ..., "optim": {"lr": 0.1}, ...})."""
-    return METHODS.from_dict(raw, origin=origin)
+    """A config from nested settings ({"preset": ..., "optim": {"lr": 0.1}, ...}), with every registered
+    method's section."""
+    return settings.config_from_dict(raw, METHODS, origin=origin)
 
 
 def load_config(path: str | os.PathLike[str]) -> TrainConfig:
-    """A YAML settings file (a run's config.yaml reproduces the run)."""
-    return METHODS.load(path)
+    """A YAML settings file (a run's config.yaml reproduces the run), with every registered method's section."""
+    return settings.load_config(path, METHODS)
 
 
 def train(config: TrainConfig, on_step: StepCallback | None = None) -> RunResult:
     """Train `config` from scratch into `config.run.out`, then build its report (`run.report`)."""
-    return _with_report(_train(config, on_step=on_step))
+    return _with_report(Trainer(config, on_step=on_step).fit())
+
+
+def resume_config(run_dir: str | Path, epochs: int | None = None, **run_overrides: Any) -> TrainConfig:
+    """The settings of the run saved in `run_dir`, with the few a resume may change (`--epochs` and the `run`
+    options marked resumable, e.g. device, threads, progress)."""
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise ConfigError(
+            f"--resume {run_dir}: no such run directory (a run stopped before it began leaves none: start it "
+            "again with its train command)"
+        )
+    if not run.config.is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: no config.yaml there; is it a run directory? (A run killed within "
+            "milliseconds of making it has none yet: start it again with its train command.)"
+        )
+    config = load_config(run.config)
+    config.run.out = str(run_dir)
+    if epochs is not None:
+        config.run.epochs = epochs
+    for key, value in run_overrides.items():
+        if not hasattr(config.run, key):
+            raise ConfigError(f"--resume: option run.{key} cannot be changed when resuming")
+        setattr(config.run, key, value)
+    return config
 
 
 def resume(
@@ -49,9 +75,8 @@ def resume(
 ) -> RunResult:
     """Continue a stopped run to the same result as an unbroken one, then build its report (`run.report`).
     `trust_checkpoint` loads a checkpoint of an older format, whose full unpickle can run code."""
-    result = _resume(
-        run_dir, epochs=epochs, on_step=on_step, trust_checkpoint=trust_checkpoint, **run_overrides
-    )
+    config = resume_config(run_dir, epochs, **run_overrides)
+    result = Trainer(config, resume=True, on_step=on_step, trust_checkpoint=trust_checkpoint).fit()
     return _with_report(result, trust_checkpoint)
 
 

@@ -20,6 +20,7 @@ from deepcluster.config import (
     OptionInfo,
     TrainConfig,
     apply_overrides,
+    config_from_dict,
     parse_set,
     read_yaml,
     section_options,
@@ -110,7 +111,9 @@ def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHO
     raw["method"] = method or raw.get("method")
     if raw["method"] is None:
         del raw["method"]
-    config = methods.from_dict(raw, origin=f"--config {args.config}" if args.config else "command line")
+    config = config_from_dict(
+        raw, methods, origin=f"--config {args.config}" if args.config else "command line"
+    )
     config = apply_overrides(config, parse_set(args.set), origin="--set")
     flags: dict[str, Any] = {}
     for section, name, _, value in given:

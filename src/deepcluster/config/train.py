@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -157,37 +157,49 @@ def _unknown_option(config: TrainConfig, section: str, name: Any) -> str:
     return f"unknown option {section}.{name}{hint}; options of {section}: {', '.join(valid)}"
 
 
+class MethodCatalog(Protocol):
+    """What building a config needs to know of the methods (`deepcluster.methods.METHODS` is one)."""
+
+    @property
+    def sections(self) -> Mapping[str, type]:
+        """Each method's settings section (a dataclass) by section name."""
+        ...
+
+    def defaults_of(self, method: str) -> Mapping[str, Any]:
+        """The settings `method` starts from ({section: {option: value}}), over the core defaults."""
+        ...
+
+
 def preset_config(
-    name: str,
-    sections: Mapping[str, type] | None = None,
-    method: str | None = None,
-    method_defaults: Mapping[str, Any] | None = None,
+    name: str = "default", method: str | None = None, methods: MethodCatalog | None = None
 ) -> TrainConfig:
-    """The configuration of a named preset (`default` or `paper`), with a default instance of each of the
-    method `sections` ({name: dataclass}), for `method` (default: TrainConfig's), whose own starting settings
-    `method_defaults` apply over the core defaults and under the preset's."""
+    """The configuration of a named preset (`default` or `paper`) for `method` (default: the preset's, else the
+    default method), with a default section for each of the `methods`, whose own starting settings
+    (`MethodCatalog.defaults_of`) apply over the core defaults and under the preset's."""
     if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(
             f"--preset {name}: unknown preset{closest(name, list(PRESETS))}; choose from {', '.join(PRESETS)}"
         )
-    base = TrainConfig(sections={key: kind() for key, kind in (sections or {}).items()})
+    sections = methods.sections if methods is not None else {}
+    base = TrainConfig(sections={key: kind() for key, kind in sections.items()})
     base.method = preset_method(name, method)
-    base = apply_overrides(base, method_defaults or {}, origin=f"defaults of --method {base.method}")
+    defaults = methods.defaults_of(base.method) if methods is not None else {}
+    base = apply_overrides(base, defaults, origin=f"defaults of --method {base.method}")
     config = apply_overrides(base, PRESETS[name], origin=f"preset {name}")
     config.preset = name
     return config
 
 
 def config_from_dict(
-    raw: Mapping[str, Any],
-    origin: str = "config",
-    sections: Mapping[str, type] | None = None,
-    strict: bool = True,
+    raw: Mapping[str, Any], methods: MethodCatalog | None = None, origin: str = "config"
 ) -> TrainConfig:
-    """A config from a nested dict: its preset (default `default`), then the rest. With `strict=False`,
-    sections this config does not know (another program's methods) are skipped instead of refused."""
-    config = preset_config(raw.get("preset", "default"), sections, method=raw.get("method"))
-    if not strict:
+    """A config from nested settings ({"preset": ..., "method": ..., "optim": {"lr": 0.1}, ...}): its preset for
+    its method (`preset_config`), then the rest; unknown sections and options are refused, naming `origin`.
+
+    Without `methods` (the floors below the methods, reading a run's data and model settings), the sections of
+    methods are skipped instead."""
+    config = preset_config(raw.get("preset", "default"), raw.get("method"), methods)
+    if methods is None:
         known = {"method", "preset", *config.section_names()}
         raw = {key: value for key, value in raw.items() if key in known}
     return apply_overrides(config, raw, origin=origin)
@@ -215,11 +227,9 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(raw)
 
 
-def load_config(
-    path: str | os.PathLike[str], sections: Mapping[str, type] | None = None, strict: bool = True
-) -> TrainConfig:
-    """Read a YAML file written by a run (or by hand); `sections` and `strict` as in `config_from_dict`."""
-    return config_from_dict(read_yaml(path), origin=f"--config {path}", sections=sections, strict=strict)
+def load_config(path: str | os.PathLike[str], methods: MethodCatalog | None = None) -> TrainConfig:
+    """A YAML settings file (a run's config.yaml reproduces the run); `methods` as in `config_from_dict`."""
+    return config_from_dict(read_yaml(path), methods, origin=f"--config {path}")
 
 
 def dump_config(config: TrainConfig) -> str:

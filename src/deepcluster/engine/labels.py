@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from deepcluster.cluster.metrics import ari, nmi
 from deepcluster.config import TrainConfig
@@ -67,9 +66,8 @@ class LabelPhase:
         if assignment is None and state.labels is not None:
             assignment = self._stored(seed, last)
         if assignment is None:
-            if self.nets.heads is None and self._method().extracts_through_heads:
-                blank = np.zeros(len(self.data.indices), dtype=np.int64)
-                self.nets.new_heads(Assignment(labels=blank, n_classes=cfg.cluster.k), epoch)
+            if self.nets.heads is None:
+                self.nets.first_heads(epoch)
             shard = self._extract(state, epoch)
             extracted = time.perf_counter()
             assignment = self._assign(shard, seed=seed)
@@ -85,13 +83,11 @@ class LabelPhase:
         record["seconds_assign"] = record.get("seconds_assign", 0.0) + assigned - extracted
         if self.procs.is_main:
             self.resources.run_dir.write_epoch_labels(epoch, assignment.labels)
-        if self.nets.heads is None or self.method.fresh_heads:
+        if self.nets.heads is None or not self.method.keep_heads(self.nets.heads, assignment):
             self.nets.new_heads(assignment, epoch)
-        else:
-            self.method.update_heads(self.nets.heads, assignment)
         log.info("epoch %d step %d: labels assigned (%s)", epoch, state.step, format_stats(record))
 
-    def final_aside(self, state: LoopState) -> Assignment | None:
+    def final_assignment(self, state: LoopState) -> Assignment | None:
         """The run's final assignment, of the network as it stands at the end (or where the time budget stopped
         it), for labels.csv and RUN/assigner.pt only: its labels are the method's `predict` rule, which then
         puts new images into the same clusters. The loop state is left as it is, so that a resume for more
@@ -118,7 +114,7 @@ class LabelPhase:
         """Labels from what the method stored while training (its bank), made by the main process (which holds
         the gathered bank) and broadcast; None on every process when there is nothing stored."""
         method, procs = self._method(), self.procs
-        assignment = method.assign_stored(seed, self.nets.heads, last) if procs.is_main else None
+        assignment = method.assign_stored(self.nets.heads, seed, last) if procs.is_main else None
         return procs.broadcast_object(assignment)
 
     def _extract(self, state: LoopState, epoch: int) -> np.ndarray:
@@ -128,11 +124,9 @@ class LabelPhase:
         # Every shard is seen with the main process's batch-norm statistics (those the checkpoint keeps).
         procs.broadcast_buffers(self.nets.backbone)
         self.nets.eval()
-        view: Callable[[torch.Tensor], torch.Tensor] = self.cluster_view
-        if method.extract_view == "train":
-            key = (epoch, state.step) + ((procs.rank,) if procs.distributed else ())
-            generator = torch_generator(derive_seed(cfg.run.seed, "extract-view", *key))
-            view = lambda batch: self.train_view(batch, generator)  # noqa: E731
+        key = (epoch, state.step) + ((procs.rank,) if procs.distributed else ())
+        generator = torch_generator(derive_seed(cfg.run.seed, "extract-view", *key))
+        view = method.extract_view(self.cluster_view, self.train_view, generator)
         start, stop = procs.shard(self.images.shape[0])
         features = extract_features(
             lambda x: method.extract(self.nets.backbone, self.nets.heads, x),
@@ -163,7 +157,7 @@ class LabelPhase:
         if sharded:
             assignment = method.assign_sharded(shard, seed, procs)
         elif features is not None:  # the main process (or the only one)
-            assignment = method.assign(features, seed)
+            assignment = method.assign(features, self.nets.heads, seed)
         if last and features is not None and assignment is not None:
             assignment = method.final(features, assignment)
         if features is not None and cfg.run.save_features:

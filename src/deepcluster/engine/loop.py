@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from deepcluster.config import TrainConfig
+from deepcluster.config import OptimConfig, TrainConfig
 from deepcluster.data.stream import batches
 from deepcluster.engine.labels import format_stats
 from deepcluster.engine.session import Session
@@ -50,6 +50,19 @@ class RunResult:
 
 
 StepCallback = Callable[["Trainer"], None]
+
+
+def lr_factor(optim: OptimConfig, epochs: int, steps_per_epoch: int, epoch: int, step: int) -> float:
+    """The learning rate's multiple at a step of a run of `epochs` epochs: linear warm-up over
+    `optim.warmup_epochs`, then constant or cosine (over the whole run) down to `optim.min_lr_ratio`."""
+    now = epoch * steps_per_epoch + step
+    warmup = optim.warmup_epochs * steps_per_epoch
+    if now < warmup:
+        return (now + 1) / (warmup + 1)
+    if optim.schedule == "constant":
+        return 1.0
+    progress = now / max(1, epochs * steps_per_epoch)
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class Trainer(Session):
@@ -77,7 +90,7 @@ class Trainer(Session):
                 self._train_epoch(epoch)
                 self._finish_epoch(epoch)
                 self.save()
-            final = self.labeller.final_aside(self.state)  # labels.csv: the trained network's clusters
+            final = self.labeller.final_assignment(self.state)  # labels.csv: the trained network's clusters
             labels, assigner = (self.state.labels, None) if final is None else (final.labels, final.state)
             assert labels is not None
             if self.procs.is_main:
@@ -130,10 +143,12 @@ class Trainer(Session):
             batch = parts[step - first]
             generator = self.generator("augment", epoch, step)
             x = self.train_view(next(feed).to(device, non_blocking=True), generator)
-            x, targets = self.method.prepare_batch(x, labels[batch].to(device, non_blocking=True), generator)
+            batch_labels = labels[batch].to(device, non_blocking=True)
             nets.set_lr(self._lr_factor(epoch, step))
             with self.precision.autocast():
-                outputs = self.method.forward(nets.train_backbone, nets.train_heads, x, targets)
+                outputs, targets = self.method.forward(
+                    nets.train_backbone, nets.train_heads, x, batch_labels, generator
+                )
             loss = self.method.loss(outputs, targets)
             value = procs.mean(float(loss.detach()))
             if not math.isfinite(value):
@@ -175,26 +190,13 @@ class Trainer(Session):
         return True
 
     def _lr_factor(self, epoch: int, step: int) -> float:
-        """The learning rate's multiple at a step: linear warm-up over `optim.warmup_epochs`, then constant or
-        cosine (over the whole run)."""
-        optim = self.config.optim
-        now = epoch * self.steps_per_epoch + step
-        warmup = optim.warmup_epochs * self.steps_per_epoch
-        if now < warmup:
-            return (now + 1) / (warmup + 1)
-        if optim.schedule == "constant":
-            return 1.0
-        total = self.config.run.epochs * self.steps_per_epoch
-        progress = now / max(1, total)
-        return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return lr_factor(self.config.optim, self.config.run.epochs, self.steps_per_epoch, epoch, step)
 
     def _finish_epoch(self, epoch: int) -> None:
         state = self.state
         if self.monitor is not None:
             began = time.perf_counter()
-            state.record["knn_true"] = self.monitor.measure(
-                self.method, self.nets, self.precision, self.batch_size
-            )
+            state.record["knn_true"] = self.monitor.measure(self.nets, self.precision, self.batch_size)
             state.record["seconds_knn"] = time.perf_counter() - began
         record = dict(state.record)
         record.setdefault("label_updates", 0)

@@ -15,7 +15,6 @@ from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
 from deepcluster.engine.networks import Networks
-from deepcluster.methods import Method
 
 KNN_K = 20
 KNN_TEMPERATURE = 0.07
@@ -34,15 +33,9 @@ class KnnMonitor:
         self.labels = np.asarray(true_labels)[self.rows]
         self.view = view
 
-    def measure(self, method: Method, nets: Networks, precision: Precision, batch_size: int) -> float:
-        """knn_true of the current networks (left in train mode afterwards)."""
+    def measure(self, nets: Networks, precision: Precision, batch_size: int) -> float:
+        """knn_true of the backbone's embedding (the networks are left in train mode afterwards)."""
         nets.eval()
-        features = extract_features(
-            lambda x: method.embedding(nets.backbone, nets.heads, x),
-            self.images,
-            self.view,
-            batch_size,
-            precision,
-        )
+        features = extract_features(nets.backbone, self.images, self.view, batch_size, precision)
         nets.train()
         return weighted_knn_accuracy(features, self.labels, k=KNN_K, temperature=KNN_TEMPERATURE)

@@ -50,12 +50,24 @@ class Networks:
 
     def new_heads(self, assignment: Assignment, epoch: int) -> None:
         """Freshly initialised heads for the assignment's labels (seeded by the epoch) and their optimiser."""
-        generator = torch_generator(derive_seed(self.config.run.seed, "heads", epoch))
-        heads = self.method.build_heads(self.backbone.feature_dim, assignment, generator)
+        heads = self.method.build_heads(self.backbone.feature_dim, assignment, self._generator(epoch))
+        self._use(heads, assignment.n_classes)
+
+    def first_heads(self, epoch: int) -> None:
+        """The method's heads for the first labels to be made through (`Method.initial_heads`), if any."""
+        heads = self.method.initial_heads(self.backbone.feature_dim, self._generator(epoch))
+        if heads is not None:
+            self._use(heads, self.config.cluster.k)
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        return torch_generator(derive_seed(self.config.run.seed, "heads", epoch))
+
+    def _use(self, heads: nn.Module, n_classes: int) -> None:
+        """`heads` (of `n_classes` classes) as the run's heads, with a new optimiser."""
         self.heads = heads.to(self.device)
         self.train_heads = None  # unhook the previous heads' wrapper before wrapping the new ones
-        self.train_heads = self.procs.wrap(self.heads, self.method.uses_every_head_parameter)
-        self.n_classes = assignment.n_classes
+        self.train_heads = self.procs.wrap(self.heads, getattr(self.heads, "every_parameter_used", True))
+        self.n_classes = n_classes
         optim = self.config.optim
         self.head_optimizer = _sgd(self.heads.parameters(), optim.head_lr or optim.lr, self.config)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepcluster.config import ConfigError, TrainConfig, dump_config
+from deepcluster.config import ConfigError, DataConfig, TrainConfig, dump_config
 from deepcluster.data.decode import DecodedImages, decode_images
 from deepcluster.data.sources import ImageSource
 from deepcluster.data.stream import stream_images, streamed
@@ -42,8 +42,9 @@ class RunImages:
 class RunResources:
     """Joins the processes and prepares the run directory on `open`; `close` releases everything it took."""
 
-    def __init__(self, config: TrainConfig, device: torch.device, resume: bool) -> None:
-        self.config = config
+    def __init__(self, data: DataConfig, device: torch.device, resume: bool) -> None:
+        self.data = data
+        """The run's data settings (decoding, caches, memory limit): set before the run and never fitted."""
         self.device = device
         self.resume = resume
         self.procs = Processes(device=device)
@@ -53,15 +54,14 @@ class RunResources:
         self._cache_path: Path | None = None
         self._lock: RunLock | None = None
 
-    def open(self) -> TrainConfig:
-        """Join torchrun's processes (if any), choose and prepare the run directory, start the log file.
-        Returns the config with `run.out` filled in."""
-        config = self.config
+    def open(self, config: TrainConfig) -> TrainConfig:
+        """Join torchrun's processes (if any), choose and prepare the run directory for `config` (whose
+        config.yaml is written at once), start the log file. Returns `config` with `run.out` filled in."""
         self.procs = procs = join_processes(self.device, config.run.dist_timeout_minutes)
         if config.run.out is None:
             stamp = procs.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
             out = f"runs/{config.method}-{stamp}"
-            self.config = config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=out))
+            config = dataclasses.replace(config, run=dataclasses.replace(config.run, out=out))
         self.run_dir = RunDir(config.run.out)
         if procs.is_main:  # the main process holds the run directory for all (RUN/.lock) until close()
             self.run_dir.prepare(
@@ -88,16 +88,18 @@ class RunResources:
         """The run's images as `data.cache` says: decoded once into RAM (memory) or a memory-mapped file (disk;
         under torchrun, once per machine by its first process, the machine's other processes map it: one copy
         in the page cache), or streamed (readable images found once, decoded for each batch)."""
-        cfg, procs, run_dir = self.config, self.procs, self._run_dir()
+        data, procs, run_dir = self.data, self.procs, self._run_dir()
         options = {
-            "num_threads": cfg.data.decode_threads, "progress": progress, "log": log,
-            "inner_size": cfg.data.input_size,
-        }  # fmt: skip
+            "num_threads": data.decode_threads,
+            "progress": progress,
+            "log": log,
+            "inner_size": data.input_size,
+        }
 
         def decode(cache_file: Path | None) -> DecodedImages:
-            return decode_images(source, cfg.data.resize, cache_file=cache_file, **options)
+            return decode_images(source, data.resize, cache_file=cache_file, **options)
 
-        size = int(cfg.data.resize or 0)
+        size = int(data.resize or 0)
         kind = self._cache_kind(len(source) * 3 * size * size)
         if kind == "stream":
             return self._stream(source, options)
@@ -114,18 +116,18 @@ class RunResources:
         if decoded is not None:
             if not np.array_equal(decoded.indices, indices):
                 raise ConfigError(
-                    f"--data {cfg.data.data}: node {procs.node} could read other images than node 0; "
+                    f"--data {data.data}: node {procs.node} could read other images than node 0; "
                     "every machine must see the same files"
                 )
             return decoded
         mapped = np.load(path, mmap_mode="c")  # copy-on-write: never written, shared with the decoder's pages
         images = torch.from_numpy(mapped[: len(indices)])
-        return DecodedImages(images=images, indices=indices, skipped=skipped, size=int(cfg.data.resize or 0))
+        return DecodedImages(images=images, indices=indices, skipped=skipped, size=size)
 
     def _cache_kind(self, n_bytes: int) -> str:
         """data.cache, with auto resolved: memory when the decoded images fit data.memory_limit_gb, else stream
         (the log says so)."""
-        data = self.config.data
+        data = self.data
         if data.cache != "auto":
             return data.cache
         if n_bytes <= data.memory_limit_gb * 1e9:
@@ -139,13 +141,13 @@ class RunResources:
     def _stream(self, source: ImageSource, options: dict[str, Any]) -> DecodedImages:
         """The readable images, streamed: the main process decodes each once to find them, the others take
         its list (every process must agree on the image index)."""
-        cfg, procs = self.config, self.procs
-        found = stream_images(source, cfg.data.resize, **options) if procs.is_main else None
+        resize, procs = self.data.resize, self.procs
+        found = stream_images(source, resize, **options) if procs.is_main else None
         shared = procs.all_gather_object(None if found is None else (found.indices, found.skipped))[0]
         if found is not None:
             return found
         indices, skipped = shared
-        empty = DecodedImages(images=None, indices=indices, skipped=skipped, size=int(cfg.data.resize))
+        empty = DecodedImages(images=None, indices=indices, skipped=skipped, size=int(resize or 0))
         return streamed(source, empty, **options)
 
     def allocate_features(self, n: int, d: int) -> np.ndarray:
@@ -163,13 +165,13 @@ class RunResources:
         return self.run_dir
 
     def _cache_folder(self) -> Path:
-        data = self.config.data
+        data = self.data
         return Path(data.cache_dir) if data.cache_dir else self._run_dir().root / "cache"
 
     def _spill_file(self, stem: str, what: str, n_bytes: int) -> Path | None:
         """Where an array of `n_bytes` (`what`, for the log) goes when it exceeds data.memory_limit_gb: the cache
         folder's `<stem>-<run>.npy`; None: it stays in RAM."""
-        limit = self.config.data.memory_limit_gb
+        limit = self.data.memory_limit_gb
         if n_bytes <= limit * 1e9:
             return None
         path = self._cache_folder() / f"{stem}-{self._run_dir().root.name}.npy"
@@ -201,7 +203,7 @@ class RunResources:
         # A mapped file can be unlinked on POSIX: its pages stay valid while in use.
         if self._cache_path is not None:
             self._cache_path.unlink(missing_ok=True)
-            if not self.config.data.cache_dir:
+            if not self.data.cache_dir:
                 with contextlib.suppress(OSError):  # the run's own cache folder, once empty
                     self._cache_path.parent.rmdir()
         self.procs.close(wait=finished)

@@ -23,9 +23,10 @@ from deepcluster.engine.labels import LabelPhase
 from deepcluster.engine.monitor import KnnMonitor
 from deepcluster.engine.networks import Networks, new_backbone
 from deepcluster.engine.resources import RunImages, RunResources
-from deepcluster.engine.setup import check_data_size, check_processes, resolve_config, run_device
+from deepcluster.engine.setup import fit_data_size, refuse_before_data, resolve_config, run_device
 from deepcluster.engine.state import LoopState, TrainingDiverged, checkpoint_state, loop_state, rng_states
 from deepcluster.methods import MethodRegistry
+from deepcluster.models import check_arch
 from deepcluster.seeding import (
     capture_rng_state,
     derive_seed,
@@ -44,23 +45,27 @@ class Session:
     def __init__(
         self, config: TrainConfig, resume: bool, methods: MethodRegistry, trust_checkpoint: bool = False
     ) -> None:
+        """Check every setting that can be checked before touching the data (options, device, method, the
+        source's size); nothing is written yet."""
         config = methods.complete(config)
-        methods.validate(config)
+        self.method_class = methods[config.method]
+        config.validate()
+        check_arch(config.model.arch)
         device = run_device(config)
         self.restarted = bool(resume and config.run.out and not RunDir(config.run.out).has_checkpoint())
         """A resume of a run stopped before its first checkpoint, which therefore starts from the beginning."""
-        self.resume = resume = resume and not self.restarted
+        self.resume = resume and not self.restarted
         self.trust_checkpoint = trust_checkpoint
         if config.run.threads:
             torch.set_num_threads(config.run.threads)
         data = config.data
         self.source = open_source(data.data, root=data.data_root, split=data.split, download=data.download)
-        self.config = resolve_config(config, self.source, device, methods[config.method])
-        self.method = methods.build(self.config, device)
-        self.config = check_data_size(self.config, self.method, len(self.source))
-        check_processes(self.config, self.method)
-        self.precision = Precision(device, self.config.run.precision)
-        self.resources = RunResources(self.config, device, resume)
+        self.request = resolve_config(config, self.source, device, self.method_class)
+        """The settings as asked for, with the machine's and the source's automatic ones filled in; `setup`
+        fits them to the decoded data into `config`."""
+        refuse_before_data(self.request, self.method_class, len(self.source))
+        self.precision = Precision(device, self.request.run.precision)
+        self.resources = RunResources(self.request.data, device, self.resume)
         self.state = LoopState()
         self.progress = False
 
@@ -92,7 +97,7 @@ class Session:
 
     def seed(self, *key: int | str) -> int:
         """A seed of the run for `key` (the same on every process)."""
-        return derive_seed(self.config.run.seed, *key)
+        return derive_seed(self.request.run.seed, *key)
 
     def generator(self, name: str, *key: int) -> torch.Generator:
         """A generator for `name` at `key`, with this process's own stream under torchrun."""
@@ -101,18 +106,19 @@ class Session:
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
-        """Join, prepare, build, decode, and on a resume load the last checkpoint."""
-        self.config = cfg = self.resources.open()
+        """Join, prepare, build, decode, fit the settings to the data (`config`, once), and on a resume load the
+        last checkpoint."""
+        request = self.resources.open(self.request)
         if self.restarted:
             log.warning(
                 "--resume %s: the run stopped before its first checkpoint; starting it from the beginning with "
-                "its config.yaml", cfg.run.out,
+                "its config.yaml", request.run.out,
             )  # fmt: skip
         procs, device = self.procs, self.precision.device  # config.yaml is there (written by open)
-        self.progress = cfg.run.progress and procs.is_main
+        self.progress = request.run.progress and procs.is_main
         if not self.resume:
-            seed_everything(cfg.run.seed)
-        backbone = new_backbone(cfg)
+            seed_everything(request.run.seed)
+        backbone = new_backbone(request)
         if procs.rank > 0 and not self.resume:  # same initial weights everywhere, own dropout draws
             seed_everything(self.seed("rank", procs.rank))
         log.info("data: %s", self.source.description)
@@ -134,8 +140,10 @@ class Session:
                 self.run_dir.skipped,
             )
         n_images = decoded.images.shape[0]
-        cfg = self.config = check_data_size(cfg, self.method, n_images, backbone.feature_dim)
-        cfg = self.config = resolve_cpu_conv(cfg, backbone, procs, self.precision)
+        fitted = fit_data_size(request, self.method_class, n_images, backbone.feature_dim)
+        self.config = cfg = resolve_cpu_conv(fitted, backbone, procs, self.precision)
+        """The run's settings, final: what config.yaml records and every part of the run is built with."""
+        self.method = self.method_class(cfg, device)
         true = self.source.labels
         self.data = RunImages(
             images=images_on_device(decoded.images, device), indices=decoded.indices, name_of=self.source.name,

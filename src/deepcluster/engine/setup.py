@@ -1,5 +1,5 @@
 """Settings the engine fills in or checks once the data and the machine are known: input size, resize, arch,
-device, precision, and what the data's size allows (`check_data_size`)."""
+device, precision, and what the data's size allows (`fit_data_size`)."""
 
 from __future__ import annotations
 
@@ -55,25 +55,19 @@ def resolve_config(
     return dataclasses.replace(config, data=data, model=model, run=run)
 
 
-def check_data_size(
-    config: TrainConfig, method: Method, n_images: int, feature_dim: int | None = None
+def fit_data_size(
+    config: TrainConfig, method: type[Method], n_images: int, feature_dim: int | None = None
 ) -> TrainConfig:
     """The settings `n_images` images allow: ConfigError (naming the option, its value and the fix) for those
-    the data makes impossible, lowered copies (with a warning each) of those that are upper bounds; the method
-    is given the config returned.
+    the data makes impossible, lowered copies (with a warning each) of those that are upper bounds, then the
+    method's own (`Method.fit_to_data`).
 
-    Called twice, before any network work: before decoding with the source's size, where only refusals are made
-    (what that many images cannot do, fewer readable ones cannot either), and right after decoding with the
-    readable images and the backbone's `feature_dim`, where the bounds are fitted too (so config.yaml records
-    what the run used)."""
-    final = feature_dim is not None
+    Called twice, before any network work: before decoding with the source's size and no `feature_dim`, where
+    only refusals are made (what that many images cannot do, fewer readable ones cannot either; see
+    `refuse_before_data`), and right after decoding with the readable images and the backbone's `feature_dim`,
+    where the bounds are fitted too (so config.yaml records what the run used)."""
     if n_images < 2:
         raise ConfigError(f"--data: {n_images} image(s); training needs at least 2")
-    k = config.cluster.k
-    if method.uses_k and k > n_images:
-        raise ConfigError(
-            f"--k {k} is larger than the number of images ({n_images}); use --k {n_images} or less"
-        )
     processes = world_size()
     if n_images < processes:
         raise ConfigError(
@@ -87,20 +81,20 @@ def check_data_size(
             f"--epoch-size {per_epoch}: an epoch needs at least one image per process ({processes} processes); "
             f"use --epoch-size {processes} or more (optim.epoch_size)"
         )
-    if final and optim.batch_size > per_epoch:
+    if feature_dim is not None and optim.batch_size > per_epoch:
         batch = per_epoch // processes * processes
         log.warning(
             "optim.batch_size=%d is larger than the %d images an epoch draws; using optim.batch_size=%d",
             optim.batch_size, per_epoch, batch,
         )  # fmt: skip
         config = dataclasses.replace(config, optim=dataclasses.replace(optim, batch_size=batch))
-    method.config = config
-    method.config = fitted = method.fit_to_data(config, n_images, feature_dim)
-    return fitted
+    return method.fit_to_data(config, n_images, feature_dim)
 
 
-def check_processes(config: TrainConfig, method: Method) -> None:
-    """Settings that only make sense under torchrun, or not with this method there."""
+def refuse_before_data(config: TrainConfig, method: type[Method], n_images: int) -> None:
+    """Raise ConfigError for what `n_images` images (the source's size, before decoding) make impossible, and
+    for settings that only make sense under torchrun or not with `method` there."""
+    fit_data_size(config, method, n_images)
     processes = world_size()
     if config.optim.batch_size % processes:
         raise ConfigError(
@@ -109,7 +103,7 @@ def check_processes(config: TrainConfig, method: Method) -> None:
         )
     if not (launched_by_torchrun() and config.cluster.distributed_kmeans):
         return
-    if not (isinstance(method, ExtractingMethod) and method.shards_assignment):
+    if not (issubclass(method, ExtractingMethod) and method.assigns_sharded()):
         raise ConfigError(
             f"cluster.distributed_kmeans: --method {config.method} has no distributed assignment; "
             "its features are gathered on the first process (drop --distributed-kmeans)"

@@ -11,10 +11,10 @@ from deepcluster.methods.deepcluster_v2 import DeepClusterV2
 from deepcluster.methods.deepercluster import DeeperCluster
 from deepcluster.methods.registry import MethodRegistry
 from deepcluster.methods.sela import SeLa
-from deepcluster.methods.sela_v2 import SelaV2
+from deepcluster.methods.sela_v2 import SeLaV2
 from deepcluster.methods.transfer import Transfer
 
-METHODS = MethodRegistry([DeepCluster, DeeperCluster, SeLa, Transfer, DeepClusterV2, SelaV2])
+METHODS = MethodRegistry([DeepCluster, DeeperCluster, SeLa, Transfer, DeepClusterV2, SeLaV2])
 """The registered methods; `--method NAME` picks one."""
 
 
@@ -34,7 +34,7 @@ __all__ = [
     "MethodRegistry",
     "ProcessGroup",
     "SeLa",
-    "SelaV2",
+    "SeLaV2",
     "Transfer",
     "build_method",
     "primary_labels",

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig
+from deepcluster.config import SMALL_INPUT_LIMIT, ConfigError, TrainConfig
 from deepcluster.data.samplers import uniform_cluster_sample
-from deepcluster.data.views import TrainView
+from deepcluster.data.views import ClusterView, TrainView
 from deepcluster.methods.predict import Prediction
 from deepcluster.models import channels_last
 
@@ -29,6 +29,9 @@ BLUR_MIN_SIZE = 96
 View = Callable[[torch.Tensor, torch.Generator], Any]
 """A train view: uint8 images [B, 3, S, S] and a generator -> the network's input (a tensor, or a list of
 crops for multi-crop methods)."""
+
+ImageView = Callable[[torch.Tensor], torch.Tensor]
+"""An extraction view: uint8 images [B, 3, S, S] -> the network's input."""
 
 
 @dataclass
@@ -76,61 +79,27 @@ def augment_view(config: TrainConfig, size: int, scale: tuple[float, float]) -> 
 class Method(ABC):
     """One method of the DeepCluster family.
 
-    Labels are (re)assigned before the global training steps `label_update_steps` lists; the engine keeps the heads
-    across updates unless `fresh_heads` is set.
+    Every hook below has a default that does what most methods do; a method overrides only where it differs
+    (docs/ARCHITECTURE.md lists them). Labels are (re)assigned before the global training steps
+    `label_update_steps` lists.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
+    """One line for the command line's help."""
     defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     """Settings this method starts from when it is chosen, over the core defaults and under the preset and the
     user's own (e.g. {"optim": {"weight_decay": 1e-6}})."""
-    """One line for the command line's help."""
     Config: ClassVar[type | None] = None
     """The method's own settings section (a dataclass of `option` fields), reachable as `config.<name>`; it may
     define `check(config)` for rules across sections."""
-    fresh_heads: ClassVar[bool] = True
-    """Build new, randomly initialised heads after every label update (DeepCluster) or keep them (SeLa)."""
-    uses_k: ClassVar[bool] = True
-    """The number of classes is `cluster.k` (checked against the data size)."""
-    recluster_every: ClassVar[int] = 1
-    """Epochs between two label assignments when `cluster.recluster_every` is not set."""
-    uses_every_head_parameter: ClassVar[bool] = True
-    """Every head parameter gets a gradient at every step (False tells DistributedDataParallel to look for
-    unused ones, e.g. DeeperCluster's sub-class heads of super-classes absent from a batch)."""
 
     def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
         self.config = config
         self.device = device if device is not None else torch.device("cpu")
         """Where the method's own computations (torch k-means, Sinkhorn) run: the run's device."""
 
-    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
-        """Sorted global steps before which labels are assigned; `epochs * steps_per_epoch` means after the last.
-
-        Default: at the start of every `cluster.recluster_every`-th epoch.
-        """
-        every = self.config.cluster.recluster_every or self.recluster_every
-        return [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every == 0]
-
-    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
-        """`config` as this method's settings fit `n_images` images: ConfigError (naming the option, its value
-        and the fix) for a setting they make impossible, a copy with a setting that is an upper bound lowered
-        (with a warning) where the data cannot reach it. `feature_dim` is the backbone's embedding size once the
-        images are decoded (`n_images` then counts the readable ones); None before, when `n_images` is the
-        source's size and only refusals are due. The engine checks `cluster.k` (`uses_k`) and the batch itself.
-        Default: `config` unchanged."""
-        return config
-
-    def initial_assignment(
-        self, indices: np.ndarray, name_of: Callable[[int], str], seed: int
-    ) -> Assignment | None:
-        """Labels given before any network output (SeLa's random start, transferred labels); None: extract."""
-        return None
-
-    def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
-        """Image indices of one epoch (default: uniform over the first head's clusters)."""
-        return uniform_cluster_sample(primary_labels(labels), n_samples, seed=seed)
-
+    # ------------------------------------------------------------ settings
     @classmethod
     def default_arch(cls, input_size: int) -> str:
         """The backbone when `model.arch` is not set: DeepCluster's AlexNet, its small-input variant up to 96 px."""
@@ -141,38 +110,73 @@ class Method(ABC):
         """The name of the method's settings section: its name with `-` as `_` (`config.deepcluster_v2`)."""
         return cls.name.replace("-", "_")
 
+    @classmethod
+    def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        """`config` as this method's settings fit `n_images` images: ConfigError (naming the option, its value
+        and the fix) for a setting they make impossible, a copy with a setting that is an upper bound lowered
+        (with a warning) where the data cannot reach it. `feature_dim` is the backbone's embedding size once the
+        images are decoded (`n_images` then counts the readable ones); None before, when `n_images` is the
+        source's size and only refusals are due. Default: `cluster.k` clusters need at least k images."""
+        k = config.cluster.k
+        if k > n_images:
+            raise ConfigError(
+                f"--k {k} is larger than the number of images ({n_images}); use --k {n_images} or less"
+            )
+        return config
+
+    # ------------------------------------------------------------ labels
+    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
+        """Sorted global steps before which labels are assigned; `epochs * steps_per_epoch` means after the last.
+
+        Default: at the start of every `cluster.recluster_every`-th epoch (every epoch when unset)."""
+        return epoch_starts(steps_per_epoch, epochs, self.config.cluster.recluster_every or 1)
+
+    def initial_assignment(
+        self, indices: np.ndarray, name_of: Callable[[int], str], seed: int
+    ) -> Assignment | None:
+        """Labels given before any network output (SeLa's random start, transferred labels); None (the
+        default): the first labels come from the network."""
+        return None
+
+    # ------------------------------------------------------------ heads
+    @abstractmethod
+    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
+        """Freshly initialised head(s) predicting the assignment's labels from the backbone's embedding."""
+
+    def initial_heads(self, feature_dim: int, generator: torch.Generator) -> nn.Module | None:
+        """Heads for `cluster.k` classes that the first labels are made through (the v2 methods' projection
+        head); None (the default): the first heads are built for the first labels."""
+        return None
+
+    def keep_heads(self, heads: nn.Module, assignment: Assignment) -> bool:
+        """Keep the current `heads` for new labels (adapted to them where the method says so, e.g. prototypes set
+        to the new centroids): True; False (the default, DeepCluster's fresh top layer): build new ones."""
+        return False
+
+    # ------------------------------------------------------------ training
+    def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
+        """Image indices of one epoch (default: uniform over the first head's clusters)."""
+        return uniform_cluster_sample(primary_labels(labels), n_samples, seed=seed)
+
     def train_view(self) -> View:
         """How a training batch is augmented (default: one random resized crop per image, as `augment` says)."""
         return augment_view(self.config, self.config.data.input_size, self.config.augment.crop_scale)
 
-    def prepare_batch(
-        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network's input and targets from a train-view batch and its images' labels (default: unchanged;
-        DeeperCluster rotates the images and pairs each rotation with the cluster). Draws only from `generator`."""
-        return images, labels
+    def forward(
+        self, backbone: nn.Module, heads: nn.Module, x: Any, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[Any, torch.Tensor]:
+        """(what `loss` reads, its targets) from the train view's output `x` and the batch's labels (default:
+        the heads' outputs of the backbone's embedding, and the labels). Draws only from `generator`."""
+        return heads(backbone(channels_last(x))), labels
 
-    def forward(self, backbone: nn.Module, heads: nn.Module, x: Any, targets: torch.Tensor) -> Any:
-        """What `loss` reads, from the train view's output (default: `head_outputs` of the backbone's
-        embedding)."""
-        return self.head_outputs(heads, backbone(channels_last(x)), targets)
-
-    def head_outputs(self, heads: nn.Module, embedding: torch.Tensor, targets: torch.Tensor) -> Any:
-        """What `loss` reads, from the backbone's embedding of a batch (default: `heads(embedding)`)."""
-        return heads(embedding)
+    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch (cross-entropy by default)."""
+        return nn.functional.cross_entropy(outputs.float(), targets)
 
     def observe(self, rows: torch.Tensor, outputs: Any, processes: ProcessGroup) -> None:
         """Called on every process after every training step with this process's image rows of the batch and
         `forward`'s outputs (e.g. to fill a memory bank; `processes` gathers the other processes' parts).
         Default: nothing."""
-        return None
-
-    def embedding(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
-        """The representation the method offers for retrieval and k-NN (default: the backbone's embedding)."""
-        return backbone(images)
-
-    def update_heads(self, heads: nn.Module, assignment: Assignment) -> None:
-        """Adapt kept heads to new labels (e.g. prototypes set to the new centroids). Default: nothing."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -183,25 +187,39 @@ class Method(ABC):
         """Put back what `state_dict` returned."""
         return None
 
-    @abstractmethod
-    def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
-        """Freshly initialised head(s) predicting the assignment's labels from the backbone's embedding."""
-
-    def loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
-        """Training loss of a batch (cross-entropy by default)."""
-        return nn.functional.cross_entropy(outputs.float(), targets)
-
 
 class ExtractingMethod(Method):
     """A method whose labels come from the network: per-image values extracted in eval mode, then assigned."""
 
-    extract_view: str = "cluster"
-    """Which view the extraction sees: cluster (centre crop) or train (augmented)."""
-    extracts_through_heads: ClassVar[bool] = False
-    """`extract` needs the heads, which are then built before the first labels (from k alone)."""
-    shards_assignment: ClassVar[bool] = False
-    """`assign_sharded` exists: under torchrun, labels can be assigned from the processes' shards of the
-    extracted values without gathering them (`cluster.distributed_kmeans`)."""
+    @abstractmethod
+    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
+        """Per-batch values the assigner needs (eval mode, on `extract_view`), [B, D]."""
+
+    @abstractmethod
+    def assign(self, values: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
+        """Pseudo-labels for all images from their extracted `values` (and the current `heads`)."""
+
+    def extract_view(
+        self, cluster_view: ClusterView, train_view: View, generator: torch.Generator
+    ) -> ImageView:
+        """The view the extraction sees (default: the cluster view, a centre crop); `generator` seeds a random
+        one."""
+        return cluster_view
+
+    def assign_stored(self, heads: nn.Module | None, seed: int, last: bool) -> Assignment | None:
+        """Labels from what the method stored during training (a memory bank) and its current `heads`, without
+        an extraction pass; None (the default): extract. `last`: the update after the run's last step."""
+        return None
+
+    def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
+        """Labels of every image, identical on every process, from this process's rows of the extracted values
+        (`cluster.distributed_kmeans` under torchrun: nothing is gathered). Default: not possible."""
+        raise NotImplementedError(f"method {self.name} assigns labels on gathered values only")
+
+    @classmethod
+    def assigns_sharded(cls) -> bool:
+        """Whether the method has `assign_sharded` of its own."""
+        return cls.assign_sharded is not ExtractingMethod.assign_sharded
 
     def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
         """Labels of images from their extracted `values` [N, D] by the rule of the assignment that left
@@ -223,20 +241,15 @@ class ExtractingMethod(Method):
         stats = {**assignment.stats, "final_moved": moved}
         return Assignment(labels=labels, n_classes=assignment.n_classes, stats=stats, state=assignment.state)
 
-    @abstractmethod
-    def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
-        """Per-batch values the assigner needs (eval mode, cluster view), [B, D]."""
 
-    @abstractmethod
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
-        """Pseudo-labels for all images from their extracted values."""
+def epoch_starts(steps_per_epoch: int, epochs: int, every: int) -> list[int]:
+    """The first global step of every `every`-th epoch."""
+    return [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every == 0]
 
-    def assign_stored(self, seed: int, heads: nn.Module | None, last: bool = False) -> Assignment | None:
-        """Labels from what the method stored during training (a memory bank) and its current `heads`, without
-        an extraction pass; None: extract. `last`: the update after the run's last step. Default: None."""
-        return None
 
-    def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
-        """Labels of every image, identical on every process, from this process's rows of the extracted values.
-        Only for methods with `shards_assignment`."""
-        raise NotImplementedError(f"method {self.name} assigns labels on gathered values only")
+def cluster_sizes(labels: np.ndarray, k: int) -> dict[str, int]:
+    """Sizes of the clusters of labels [N] or [N, H] (ids < k): the smallest and largest over every column, and
+    how many of the k clusters of the columns are empty (summed over columns)."""
+    columns = labels.reshape(len(labels), -1)
+    sizes = np.stack([np.bincount(columns[:, h], minlength=k) for h in range(columns.shape[1])])
+    return {"n_empty": int((sizes == 0).sum()), "smallest": int(sizes.min()), "largest": int(sizes.max())}

@@ -47,11 +47,16 @@ def fit_clustering(
     return dataclasses.replace(config, cluster=dataclasses.replace(settings, pca_dim=allowed))
 
 
+def on_torch(backend: str, device: torch.device) -> bool:
+    """Whether a `cluster.*_backend` setting runs on torch (on the run's `device`): torch, or auto on a CUDA
+    run; else NumPy / faiss."""
+    return backend == "torch" or (backend == "auto" and device.type == "cuda")
+
+
 def pca_device(settings: ClusterConfig, device: torch.device) -> torch.device | None:
-    """Where `PCAWhitening` runs for `settings.pca_backend`: on the run's `device` (torch, or auto on a CUDA
-    run), else None (NumPy)."""
-    backend = settings.pca_backend
-    return device if backend == "torch" or (backend == "auto" and device.type == "cuda") else None
+    """Where `PCAWhitening` runs for `settings.pca_backend`: on the run's `device` (`on_torch`), else None
+    (NumPy)."""
+    return device if on_torch(settings.pca_backend, device) else None
 
 
 def whiten(
@@ -70,12 +75,11 @@ def kmeans_fit(settings: ClusterConfig, device: torch.device) -> KMeansFit:
     """(points, k, seed) -> KMeansResult with the backend `settings.kmeans_backend` picks (torch, or auto on a
     CUDA run: `torch_kmeans` on the run's device; else faiss), trained on `settings.kmeans_sample` random
     points when that is set (`kmeans_on_sample`, its rows drawn with the same seed)."""
-    backend = settings.kmeans_backend
-    on_torch = backend == "torch" or (backend == "auto" and device.type == "cuda")
+    torch_backend = on_torch(settings.kmeans_backend, device)
 
     def fit(points: np.ndarray, k: int, seed: int) -> KMeansResult:
         def train(rows: np.ndarray) -> KMeansResult:
-            if on_torch:
+            if torch_backend:
                 return torch_kmeans(rows, k, n_iter=settings.kmeans_iters, seed=seed, device=device)
             return kmeans(rows, k, n_iter=settings.kmeans_iters, seed=seed)
 

@@ -11,9 +11,9 @@ from torch import nn
 from deepcluster.cluster import KMeansResult, PCAWhitening
 from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
 from deepcluster.config import TrainConfig
-from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup
+from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup, cluster_sizes
 from deepcluster.methods.clustering import fit_clustering, kmeans_fit, pca_device, whiten
-from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state, stack
+from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state
 from deepcluster.models import ClassifierHead
 
 
@@ -22,23 +22,23 @@ class DeepCluster(ExtractingMethod):
 
     name = "deepcluster"
     summary = "k-means labels, a fresh top layer each epoch (Caron et al., 2018)"
-    shards_assignment = True
 
-    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
-        k = config.cluster.k
+    @classmethod
+    def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        k = super().fit_to_data(config, n_images, feature_dim).cluster.k
         return fit_clustering(config, n_images, feature_dim, k, f"--k {k}")
 
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)
 
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+    def assign(self, values: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
         settings = self.config.cluster
-        pca, points = whiten(features, settings, seed, self.device)
+        pca, points = whiten(values, settings, seed, self.device)
         return _assignment(kmeans_fit(settings, self.device)(points, settings.k, seed), pca)
 
     def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
         """The nearest centroid (squared L2) of the features whitened by the assignment's PCA."""
-        return stack([nearest(pca_apply(state, values), state["centroids"])], "distance")
+        return Prediction.from_columns([nearest(pca_apply(state, values), state["centroids"])], "distance")
 
     def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:
         """The PCA (covariance all-reduced) and torch k-means (sums and counts all-reduced) of `assign` with
@@ -59,15 +59,9 @@ class DeepCluster(ExtractingMethod):
 def _assignment(result: KMeansResult, pca: PCAWhitening) -> Assignment:
     """k-means labels with their statistics (and the whitening and centroids that `predict` reapplies)."""
     k = result.centroids.shape[0]
-    sizes = np.bincount(result.labels, minlength=k)
-    return Assignment(
-        labels=result.labels,
-        n_classes=k,
-        stats={
-            "kmeans_loss": float(result.loss),
-            "n_empty": int(result.n_empty),
-            "smallest": int(sizes.min()),
-            "largest": int(sizes.max()),
-        },
-        state={"centroids": result.centroids, **pca_state(pca)},
-    )
+    stats = {
+        "kmeans_loss": float(result.loss),
+        **cluster_sizes(result.labels, k),
+        "n_empty": int(result.n_empty),
+    }
+    return Assignment(result.labels, k, stats, state={"centroids": result.centroids, **pca_state(pca)})

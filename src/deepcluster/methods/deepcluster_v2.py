@@ -4,13 +4,20 @@ prototypes are the centroids, never trained (see `methods/v2.py` for the shared 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
 from deepcluster.cluster.spherical import spherical_kmeans, torch_spherical_kmeans
 from deepcluster.config import option
 from deepcluster.config.options import positive
-from deepcluster.methods.v2 import V2Config, V2Method
+from deepcluster.methods.base import Assignment
+from deepcluster.methods.clustering import on_torch
+from deepcluster.methods.predict import Prediction, most_similar
+from deepcluster.methods.v2 import SetLabels, V2Config, V2Method, prototypes_of, unit_rows
+from deepcluster.models import PrototypeHead
 from deepcluster.seeding import derive_seed
 
 
@@ -29,12 +36,30 @@ class DeepClusterV2(V2Method):
     summary = "spherical k-means of the projections, prototypes = centroids, multi-crop (Caron et al., 2020)"
     Config = DeepClusterV2Config
 
-    def assign_bank(self, bank: np.ndarray, index: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    def assign_set(
+        self, projections: np.ndarray, heads: nn.Module | None, index: int, seed: int
+    ) -> SetLabels:
         settings, k = self.config.section(self.section()), self.config.cluster.k
         set_seed = derive_seed(seed, "set", index)
-        backend = self.config.cluster.kmeans_backend
-        if backend == "torch" or (backend == "auto" and self.device.type == "cuda"):
-            result = torch_spherical_kmeans(bank, k, settings.kmeans_iters, set_seed, device=self.device)
+        if on_torch(self.config.cluster.kmeans_backend, self.device):
+            result = torch_spherical_kmeans(
+                projections, k, settings.kmeans_iters, set_seed, device=self.device
+            )
         else:
-            result = spherical_kmeans(bank, k, settings.kmeans_iters, set_seed)
-        return result.labels, result.centroids, {"kmeans_loss": result.loss, "n_empty": result.n_empty}
+            result = spherical_kmeans(projections, k, settings.kmeans_iters, set_seed)
+        return SetLabels(
+            result.labels, result.centroids, {"kmeans_loss": result.loss, "n_empty": result.n_empty}
+        )
+
+    def keep_heads(self, heads: nn.Module, assignment: Assignment) -> bool:
+        """The prototypes become the sets' new centroids."""
+        if isinstance(heads, PrototypeHead):
+            heads.set_prototypes(torch.from_numpy(assignment.state["prototypes"]))
+        return True
+
+    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
+        """Each set's nearest prototype (centroid) by cosine."""
+        z, prototypes = unit_rows(values), prototypes_of(state)
+        return Prediction.from_columns(
+            [most_similar(z, prototypes[s]) for s in range(len(prototypes))], "similarity"
+        )

@@ -21,10 +21,13 @@ from deepcluster.config import ConfigError, TrainConfig, option
 from deepcluster.config.options import positive
 from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample
-from deepcluster.methods.base import Assignment, ExtractingMethod
+from deepcluster.methods.base import Assignment, ExtractingMethod, epoch_starts
 from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whiten
-from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state, stack
-from deepcluster.models import HierarchicalHead
+from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state
+from deepcluster.models import HierarchicalHead, channels_last
+
+RECLUSTER_EVERY = 3
+"""Epochs between two clusterings when `cluster.recluster_every` is not set (the paper's T)."""
 
 
 @dataclass
@@ -61,8 +64,6 @@ class DeeperCluster(ExtractingMethod):
     name = "deepercluster"
     summary = "(rotation, cluster) targets from a two-level k-means (Caron et al., 2019)"
     Config = DeeperClusterConfig
-    fresh_heads = True
-    recluster_every = 3
 
     @property
     def n_super(self) -> int:
@@ -79,7 +80,13 @@ class DeeperCluster(ExtractingMethod):
         """4 with rotations, else 1."""
         return N_ROTATIONS if self.config.deepercluster.rotations else 1
 
-    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+    def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
+        """Every `cluster.recluster_every`-th epoch: every 3rd when unset, the paper's T."""
+        return epoch_starts(steps_per_epoch, epochs, self.config.cluster.recluster_every or RECLUSTER_EVERY)
+
+    @classmethod
+    def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        config = super().fit_to_data(config, n_images, feature_dim)
         m = config.deepercluster.super_clusters
         k_sub = config.cluster.k // m
         what = f"the {max(m, k_sub)} clusters of one k-means fit (--super-clusters {m}, k / m = {k_sub})"
@@ -88,9 +95,9 @@ class DeeperCluster(ExtractingMethod):
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         return backbone(images)
 
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+    def assign(self, values: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
         settings = self.config.cluster
-        pca, points = whiten(features, settings, seed, self.device)
+        pca, points = whiten(values, settings, seed, self.device)
         fit = kmeans_fit(settings, self.device)
         result = hierarchical_kmeans(points, self.n_super, settings.k, seed, fit)
         return Assignment(
@@ -118,29 +125,25 @@ class DeeperCluster(ExtractingMethod):
             found = nearest(points[rows], centroids[s * k_sub : (s + 1) * k_sub])
             for column, part, offset in zip(columns, found, (s * k_sub, 0, s * k_sub, 0), strict=True):
                 column[rows] = part + offset
-        return stack([tuple(columns)], "distance")
+        return Prediction.from_columns([tuple(columns)], "distance")
 
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return hierarchical_cluster_sample(labels, self.k_sub, n_samples, seed=seed)
 
-    def prepare_batch(
-        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, backbone: nn.Module, heads: nn.Module, x: Any, labels: torch.Tensor, generator: torch.Generator
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """Each image rotated by a quarter turn drawn from `generator` (when rotations are on); targets int64
-        [B, 2]: (super-class, sub-class)."""
+        [B, 2]: (super-class, sub-class); outputs: the super-class logits and the true super-class's sub-class
+        logits."""
         labels = labels.long()
         if self.n_rotations > 1:
-            turns = torch.randint(self.n_rotations, (images.shape[0],), generator=generator).to(labels.device)
-            images = rotate_quarter_turns(images, turns)
+            turns = torch.randint(self.n_rotations, (x.shape[0],), generator=generator).to(labels.device)
+            x = rotate_quarter_turns(x, turns)
         else:
             turns = torch.zeros_like(labels)
         super_class, sub_class = encode_targets(labels, turns, self.k_sub, self.n_rotations)
-        return images, torch.stack([super_class, sub_class], dim=1)
-
-    def head_outputs(
-        self, heads: nn.Module, embedding: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return heads(embedding, targets[:, 0])
+        return heads(backbone(channels_last(x)), super_class), torch.stack([super_class, sub_class], dim=1)
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         n_super, k = self.n_super, assignment.n_classes

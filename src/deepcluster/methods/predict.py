@@ -31,6 +31,18 @@ class Prediction:
     score_name: str
     """`distance` (smaller is nearer), `similarity` (cosine) or `probability`."""
 
+    @classmethod
+    def from_columns(cls, columns: list[tuple[np.ndarray, ...]], score_name: str) -> Prediction:
+        """One Prediction from each label set's (labels, score, runner_up, runner_score), as `top2` gives them."""
+        labels, score, runner_up, runner_score = (np.stack([c[i] for c in columns], axis=1) for i in range(4))
+        return cls(
+            labels=labels.astype(np.int64),
+            score=score.astype(np.float32),
+            runner_up=runner_up.astype(np.int64),
+            runner_score=runner_score.astype(np.float32),
+            score_name=score_name,
+        )
+
 
 def pca_state(pca: PCAWhitening) -> dict[str, Any]:
     """What reapplies a fitted PCA-whitening."""
@@ -81,15 +93,3 @@ def transport(log_probs: np.ndarray, lam: float, log_beta: np.ndarray) -> tuple[
     plan = np.exp(logits)
     plan /= plan.sum(axis=1, keepdims=True)
     return top2(plan, largest=True)
-
-
-def stack(columns: list[tuple[np.ndarray, ...]], score_name: str) -> Prediction:
-    """One Prediction from per-set (labels, score, runner_up, runner_score)."""
-    parts = [np.stack([c[i] for c in columns], axis=1) for i in range(4)]
-    return Prediction(
-        labels=parts[0].astype(np.int64),
-        score=parts[1].astype(np.float32),
-        runner_up=parts[2].astype(np.int64),
-        runner_score=parts[3].astype(np.float32),
-        score_name=score_name,
-    )

@@ -1,4 +1,5 @@
-"""The methods a run can use, by name: what feeds config creation and validation, and the CLI's choices and help.
+"""The methods a run can use, by name: their settings sections and starting settings (what building a config
+needs: `deepcluster.config.MethodCatalog`), the CLI's choices and help.
 
 A new method is one file (its `Method` subclass, with its settings section as `Config`) plus one line in
 `deepcluster/methods/__init__.py`; a program of its own can add one with `METHODS.register(MyMethod)` (or, for a
@@ -8,23 +9,14 @@ while, `with METHODS.registered(MyMethod): ...`).
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
-from deepcluster.config import (
-    ConfigError,
-    TrainConfig,
-    apply_overrides,
-    preset_config,
-    preset_method,
-    read_yaml,
-)
+from deepcluster.config import ConfigError, TrainConfig
 from deepcluster.config.options import closest
 from deepcluster.methods.base import Method
-from deepcluster.models import ARCHITECTURES
 
 
 class MethodRegistry:
@@ -87,23 +79,10 @@ class MethodRegistry:
         """Settings sections of the registered methods, by section name (the method's, `-` as `_`)."""
         return {m.section(): m.Config for m in self._methods.values() if m.Config is not None}
 
-    # ------------------------------------------------------------ configurations with these methods' sections
-    def preset(self, name: str = "default", method: str | None = None) -> TrainConfig:
-        """A named preset for `method` (default: the preset's, else the default method) with every registered
-        method's section at its defaults; the method's own starting settings (`Method.defaults`) apply under the
-        preset's."""
-        chosen = preset_method(name, method)
-        defaults = self[chosen].defaults if chosen in self._methods else {}
-        return preset_config(name, self.sections, method=chosen, method_defaults=defaults)
-
-    def from_dict(self, raw: Mapping[str, Any], origin: str = "config") -> TrainConfig:
-        """A config from nested settings: the preset for its method (`preset`), then the rest."""
-        config = self.preset(raw.get("preset", "default"), raw.get("method"))
-        return apply_overrides(config, raw, origin=origin)
-
-    def load(self, path: str | os.PathLike[str]) -> TrainConfig:
-        """A YAML settings file (a run's config.yaml reproduces the run)."""
-        return self.from_dict(read_yaml(path), origin=f"--config {path}")
+    # ------------------------------------------------------------ what configs need of the methods
+    def defaults_of(self, method: str) -> Mapping[str, Any]:
+        """The settings `method` starts from (`Method.defaults`); none for a name not registered here."""
+        return self._methods[method].defaults if method in self._methods else {}
 
     def complete(self, config: TrainConfig) -> TrainConfig:
         """`config` with a default section for every registered method it lacks (e.g. made before one was
@@ -112,17 +91,6 @@ class MethodRegistry:
         if not missing:
             return config
         return TrainConfig(**{**vars(config), "sections": {**config.sections, **missing}})
-
-    def validate(self, config: TrainConfig) -> None:
-        """The method is known and every option valid (checks that need the data come later)."""
-        self[config.method]
-        config.validate()
-        arch = config.model.arch
-        if arch is not None and arch not in ARCHITECTURES:
-            raise ConfigError(
-                f"--arch {arch}: unknown architecture{closest(arch, list(ARCHITECTURES))} (model.arch); "
-                f"choose from {', '.join(ARCHITECTURES)}"
-            )
 
     def build(self, config: TrainConfig, device: torch.device | None = None) -> Method:
         """The method `config.method` for this (validated) config, computing on `device`."""

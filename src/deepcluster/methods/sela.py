@@ -21,11 +21,12 @@ from deepcluster.cluster.sinkhorn import (
     resident_budget_mb,
     sinkhorn_labels,
 )
-from deepcluster.config import SMALL_INPUT_LIMIT, TrainConfig, option
+from deepcluster.config import SMALL_INPUT_LIMIT, option
 from deepcluster.config.options import number, one_of, positive, positive_or_none
 from deepcluster.data.samplers import shuffled_sample
-from deepcluster.methods.base import Assignment, ExtractingMethod
-from deepcluster.methods.predict import Prediction, stack, transport
+from deepcluster.data.views import ClusterView
+from deepcluster.methods.base import Assignment, ExtractingMethod, ImageView, View, cluster_sizes
+from deepcluster.methods.predict import Prediction, transport
 from deepcluster.models import MultiHead
 from deepcluster.seeding import derive_seed
 
@@ -102,11 +103,6 @@ class SeLa(ExtractingMethod):
     name = "sela"
     summary = "Sinkhorn-Knopp labels of equal-size clusters, several kept heads (Asano et al., 2020)"
     Config = SelaConfig
-    fresh_heads = False
-
-    def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
-        super().__init__(config, device)
-        self.extract_view = config.sela.view
 
     @property
     def lam(self) -> float:
@@ -130,6 +126,18 @@ class SeLa(ExtractingMethod):
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return shuffled_sample(labels.shape[0], n_samples, seed=seed)
 
+    def keep_heads(self, heads: nn.Module, assignment: Assignment) -> bool:
+        """The heads are kept across label updates."""
+        return True
+
+    def extract_view(
+        self, cluster_view: ClusterView, train_view: View, generator: torch.Generator
+    ) -> ImageView:
+        """`sela.view`: the cluster view, or the train view's augmented crops (drawn from `generator`)."""
+        if self.config.sela.view == "train":
+            return lambda batch: train_view(batch, generator)
+        return cluster_view
+
     def extract(self, backbone: nn.Module, heads: nn.Module | None, images: torch.Tensor) -> torch.Tensor:
         if heads is None:
             raise RuntimeError(
@@ -137,12 +145,12 @@ class SeLa(ExtractingMethod):
             )
         return torch.log_softmax(heads(backbone(images)).float(), dim=-1).flatten(1)
 
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
+    def assign(self, values: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
         sela, k = self.config.sela, self.config.cluster.k
-        n_heads = features.shape[1] // k
-        if features.shape[1] != n_heads * k:
-            raise ValueError(f"SeLa.assign: {features.shape[1]} values per image is not a multiple of k={k}")
-        per_head = features.reshape(features.shape[0], n_heads, k)
+        n_heads = values.shape[1] // k
+        if values.shape[1] != n_heads * k:
+            raise ValueError(f"SeLa.assign: {values.shape[1]} values per image is not a multiple of k={k}")
+        per_head = values.reshape(values.shape[0], n_heads, k)
         device = self.device
         chunk_rows = default_chunk_rows(k, sela.chunk_mb)
         results = [
@@ -154,7 +162,6 @@ class SeLa(ExtractingMethod):
             for h in range(n_heads)
         ]  # fmt: skip
         labels = np.stack([r.labels for r in results], axis=1)
-        sizes = np.stack([np.bincount(r.labels, minlength=k) for r in results])
         return Assignment(
             labels=labels,
             n_classes=k,
@@ -163,9 +170,7 @@ class SeLa(ExtractingMethod):
                 "sinkhorn_loss": float(np.mean([r.cross_entropy for r in results])),
                 "sinkhorn_iters": float(np.mean([r.iterations for r in results])),
                 "sinkhorn_unconverged": int(sum(not r.converged for r in results)),
-                "n_empty": int((sizes == 0).sum()),
-                "smallest": int(sizes.min()),
-                "largest": int(sizes.max()),
+                **cluster_sizes(labels, k),
             },
         )
 
@@ -175,7 +180,7 @@ class SeLa(ExtractingMethod):
         log_beta = state["log_beta"]
         per_head = values.reshape(len(values), len(log_beta), -1)
         columns = [transport(per_head[:, h], float(state["lam"]), log_beta[h]) for h in range(len(log_beta))]
-        return stack(columns, "probability")
+        return Prediction.from_columns(columns, "probability")
 
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         return multi_head_for(feature_dim, assignment, generator)

@@ -44,16 +44,25 @@ class Transfer(Method):
     name = "transfer"
     summary = "train on the labels of a finished run (--labels RUN/labels.csv)"
     Config = TransferConfig
-    fresh_heads = False
-    uses_k = False
 
     def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
         super().__init__(config, device)
         assert config.transfer.labels is not None
         self.table = read_labels_csv(config.transfer.labels)
 
+    @classmethod
+    def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        """The classes are the given labels' (`cluster.k` plays no part); before the data, the labels file is
+        read once to refuse a bad one before any decoding."""
+        if feature_dim is None:
+            read_labels_csv(str(config.transfer.labels))
+        return config
+
     def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
         return [0]
+
+    def keep_heads(self, heads: nn.Module, assignment: Assignment) -> bool:
+        return True
 
     def initial_assignment(self, indices: np.ndarray, name_of: Callable[[int], str], seed: int) -> Assignment:
         """The labels of the images in `indices` (source indices of the readable images), checked by name."""

@@ -8,14 +8,16 @@ A label update clusters the projections of a cluster-view pass over the data (`l
 the cleaner clusters at small scale) or, as in the SwAV code, a memory bank ([n_large, N, d]) of the detached z
 of the large crops written by the training pass (`labels_from=bank`: set i clusters the bank of large crop
 i mod n_large, and after the first labels an epoch costs the training pass alone). How a set's labels come from
-its projections is the method's (`assign_bank`).
+its projections is the method's (`assign_set`), and so is the rule that puts new images into them (`predict`).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import groupby
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -25,8 +27,7 @@ from deepcluster.config import SMALL_INPUT_LIMIT, ConfigError, TrainConfig, opti
 from deepcluster.config.options import number, one_of, ordered_pair, positive, whole
 from deepcluster.data.samplers import shuffled_sample
 from deepcluster.data.views import MultiCropView
-from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup, augment_view
-from deepcluster.methods.predict import Prediction, most_similar, stack, transport
+from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup, augment_view, cluster_sizes
 from deepcluster.models import PrototypeHead, channels_last, takes_any_input_size
 
 LABEL_SOURCES = ("bank", "pass")
@@ -71,12 +72,24 @@ class V2Config:
     )
 
 
+@dataclass
+class SetLabels:
+    """One prototype set's labels, from its projections [N, d]."""
+
+    labels: np.ndarray
+    """int64 [N]."""
+    prototypes: np.ndarray
+    """[k, d] unit vectors: the set's centroids (DeepCluster-v2) or trained prototypes (SeLa-v2)."""
+    stats: dict[str, float]
+    """Logged (the mean over sets), e.g. kmeans_loss; n_empty: the set's empty clusters (summed over sets)."""
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+    """Per-set arrays `predict` needs besides the prototypes (stacked over sets), e.g. SeLa-v2's log_beta."""
+
+
 class V2Method(ExtractingMethod):
     """The shared network, crops, bank, loss and checkpoint state of the v2 methods."""
 
-    fresh_heads = False
-    extracts_through_heads = True
-    trainable_prototypes: bool = False
+    trainable_prototypes: ClassVar[bool] = False
     """Train the prototypes (SeLa-v2), or set them to the centroids and never train them (DeepCluster-v2)."""
     defaults = {
         "run": {"epochs": 5},  # the main job's budget on the embedded split (benchmarks/learns.py)
@@ -89,8 +102,6 @@ class V2Method(ExtractingMethod):
         super().__init__(config, device)
         self.bank: torch.Tensor | None = None
         """[n_large, N, out_dim] float32: the last projection of each large crop of every image."""
-        self.heads: PrototypeHead | None = None
-        """The heads of the last label update (SeLa-v2 scores the bank against their prototypes)."""
 
     @classmethod
     def default_arch(cls, input_size: int) -> str:
@@ -120,33 +131,39 @@ class V2Method(ExtractingMethod):
             trainable=self.trainable_prototypes, generator=generator,
         )  # fmt: skip
 
+    def initial_heads(self, feature_dim: int, generator: torch.Generator) -> nn.Module:
+        """The first labels cluster projections: the projection head (with random prototypes) comes first."""
+        blank = Assignment(labels=np.zeros(0, dtype=np.int64), n_classes=self.config.cluster.k)
+        return self.build_heads(feature_dim, blank, generator)
+
+    def keep_heads(self, heads: nn.Module, assignment: Assignment) -> bool:
+        """The projection head and the prototypes are kept across label updates."""
+        return True
+
     def forward(
-        self, backbone: nn.Module, heads: nn.Module, crops: list[torch.Tensor], targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z of the large crops [n_large, B, d], scores of every crop [n_crops, B, n_sets, k]); crops of one
-        size go through the network as one batch."""
-        batch = crops[0].shape[0]
-        z_parts, score_parts = [], []
-        start = 0
-        while start < len(crops):
-            stop = start
-            while stop < len(crops) and crops[stop].shape[-1] == crops[start].shape[-1]:
-                stop += 1
-            z, scores = heads(backbone(channels_last(torch.cat(crops[start:stop]))))
-            z_parts.append(z)
-            score_parts.append(scores)
-            start = stop
-        z = torch.cat(z_parts).unflatten(0, (len(crops), batch))
-        scores = torch.cat(score_parts).unflatten(0, (len(crops), batch))
-        return z[: self.v2.n_large], scores
+        self,
+        backbone: nn.Module,
+        heads: nn.Module,
+        x: list[torch.Tensor],
+        labels: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """((z of the large crops [n_large, B, d], scores of every crop [n_crops, B, n_sets, k]), labels); crops
+        of one size go through the network as one batch."""
+        by_size = groupby(x, key=lambda crop: crop.shape[-1])
+        parts = [heads(backbone(channels_last(torch.cat(list(same))))) for _, same in by_size]
+        z, scores = (torch.cat(out).unflatten(0, (len(x), x[0].shape[0])) for out in zip(*parts, strict=True))
+        return (z[: self.v2.n_large], scores), labels
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
         """Mean over crops and sets of the cross-entropy of score / T against the image's label in the set."""
         return v2_loss(outputs[1], targets, self.v2.temperature)
 
-    def fit_to_data(self, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+    @classmethod
+    def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
         """The projection head's batch norm needs two rows per forward: crops of one size of a step's images."""
-        v2, optim, name = config.section(self.section()), config.optim, self.section()
+        config = super().fit_to_data(config, n_images, feature_dim)
+        v2, optim, name = config.section(cls.section()), config.optim, cls.section()
         images = min(optim.batch_size, optim.epoch_size or n_images)
         crops = min(v2.n_large, v2.n_small or v2.n_large)
         if v2.hidden and images * crops < 2:
@@ -160,7 +177,7 @@ class V2Method(ExtractingMethod):
     def sample(self, labels: np.ndarray, n_samples: int, seed: int) -> np.ndarray:
         return shuffled_sample(labels.shape[0], n_samples, seed=seed)
 
-    # ------------------------------------------------------------ bank
+    # ------------------------------------------------------------ labels
     def observe(
         self, rows: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor], processes: ProcessGroup
     ) -> None:
@@ -177,73 +194,67 @@ class V2Method(ExtractingMethod):
         """The projection z of the cluster view (the first labels, and labels_from=pass)."""
         if not isinstance(heads, PrototypeHead):
             raise RuntimeError(f"{self.name} extracts through its projection head, which must exist first")
-        self.heads = heads
         return heads.project(backbone(images)).float()
 
-    def assign(self, features: np.ndarray, seed: int) -> Assignment:
-        """Labels from extracted projections: the bank is (re)filled with them, then clustered (and kept only when
-        later updates read it)."""
-        bank = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        self.bank = bank.unsqueeze(0).repeat(self.v2.n_large, 1, 1)
-        assignment = self._assign_sets(seed)
+    def assign(self, values: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
+        """Every set's labels from the extracted projections; with labels_from=bank they also fill the bank,
+        which later updates read."""
+        values = np.ascontiguousarray(values, dtype=np.float32)
         if self.v2.labels_from != "bank":
-            self.bank = None
-        return assignment
+            return self._assign_sets(lambda _: values, heads, seed)
+        self.bank = torch.from_numpy(values).unsqueeze(0).repeat(self.v2.n_large, 1, 1)
+        return self.assign_stored(heads, seed, last=False)
 
-    def assign_stored(self, seed: int, heads: nn.Module | None, last: bool = False) -> Assignment | None:
-        source = self.v2.final_labels if last else self.v2.labels_from
-        if self.bank is None or source == "pass" or not isinstance(heads, PrototypeHead):
+    def assign_stored(self, heads: nn.Module | None, seed: int, last: bool) -> Assignment | None:
+        """Labels from the bank (set s from large crop s mod n_large), when the bank is the source."""
+        bank = self.bank
+        if bank is None or (self.v2.final_labels if last else self.v2.labels_from) == "pass":
             return None
-        self.heads = heads
-        return self._assign_sets(seed)
+        return self._assign_sets(lambda s: bank[s % bank.shape[0]].numpy(), heads, seed)
 
-    def _assign_sets(self, seed: int) -> Assignment:
-        assert self.bank is not None
-        n_large, k = self.bank.shape[0], self.config.cluster.k
-        results = [self.assign_bank(self.bank[s % n_large].numpy(), s, seed) for s in range(self.v2.n_sets)]
-        labels = np.stack([labels for labels, _, _ in results], axis=1)
-        sizes = np.stack([np.bincount(labels[:, s], minlength=k) for s in range(labels.shape[1])])
-        stats: dict[str, Any] = {"n_empty": int(sum(r[2].get("n_empty", 0) for r in results))}
-        stats["n_empty_sets"] = [int(r[2].get("n_empty", 0)) for r in results]
-        stats.update(smallest=int(sizes.min()), largest=int(sizes.max()))
-        state: dict[str, Any] = {"centroids": np.stack([c for _, c, _ in results])}
-        if "log_beta" in results[0][2]:  # labels by transport: its column scaling labels new images too
-            state["log_beta"] = np.stack([r[2].pop("log_beta") for r in results])
-            state["epsilon"] = float(self.config.section(self.section()).epsilon)
-        for key in results[0][2]:
-            if key != "n_empty":
-                stats[key] = float(np.mean([r[2][key] for r in results]))
-        return Assignment(labels=labels, n_classes=k, stats=stats, state=state)
+    def _assign_sets(
+        self, projections: Callable[[int], np.ndarray], heads: nn.Module | None, seed: int
+    ) -> Assignment:
+        """Every set's labels from its projections [N, d] (`projections(set)`)."""
+        k = self.config.cluster.k
+        sets = [self.assign_set(projections(s), heads, s, seed) for s in range(self.v2.n_sets)]
+        labels = np.stack([one.labels for one in sets], axis=1)
+        empty = [
+            int(one.stats["n_empty"]) for one in sets
+        ]  # the assigner's own count (k-means: before repair)
+        stats: dict[str, Any] = {**cluster_sizes(labels, k), "n_empty": sum(empty), "n_empty_sets": empty}
+        means = [key for key in sets[0].stats if key != "n_empty"]
+        stats.update({key: float(np.mean([one.stats[key] for one in sets])) for key in means})
+        return Assignment(labels=labels, n_classes=k, stats=stats, state=self.assignment_state(sets))
 
-    def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
-        """Each set's nearest prototype by cosine (DeepCluster-v2's centroids), or, where the labels came from a
-        transport (SeLa-v2), its rule on the scores / epsilon with the set's column scaling."""
-        z = values.astype(np.float64)
-        z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
-        centroids, columns = state["centroids"], []
-        for s in range(len(centroids)):
-            if "log_beta" in state:
-                scores = z @ centroids[s].astype(np.float64).T / float(state["epsilon"])
-                log_probs = scores - np.logaddexp.reduce(scores, axis=1, keepdims=True)
-                columns.append(transport(log_probs, 1.0, state["log_beta"][s]))
-            else:
-                columns.append(most_similar(z, centroids[s]))
-        return stack(columns, "probability" if "log_beta" in state else "similarity")
+    def assignment_state(self, sets: list[SetLabels]) -> dict[str, Any]:
+        """What `predict` needs of an assignment: every set's prototypes and per-set state, stacked."""
+        arrays = {"prototypes": [one.prototypes for one in sets]}
+        arrays.update({key: [one.state[key] for one in sets] for key in sets[0].state})
+        return {key: np.stack(values) for key, values in arrays.items()}
 
     @abstractmethod
-    def assign_bank(self, bank: np.ndarray, index: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Set `index`'s labels [N], prototypes [k, d] and statistics from the bank's projections [N, d]."""
-
-    def update_heads(self, heads: nn.Module, assignment: Assignment) -> None:
-        """The prototypes become the sets' centroids."""
-        if isinstance(heads, PrototypeHead) and "centroids" in assignment.state:
-            heads.set_prototypes(torch.from_numpy(assignment.state["centroids"]))
+    def assign_set(
+        self, projections: np.ndarray, heads: nn.Module | None, index: int, seed: int
+    ) -> SetLabels:
+        """Set `index`'s labels and prototypes from projections [N, d] (a pass's or the bank's) and the heads."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"bank": self.bank}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.bank = state.get("bank")
+
+
+def unit_rows(values: np.ndarray) -> np.ndarray:
+    """float64 rows of `values` scaled to unit length (a zero row stays zero)."""
+    z = values.astype(np.float64)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def prototypes_of(state: dict[str, Any]) -> np.ndarray:
+    """The sets' prototypes [n_sets, k, d] of an assignment's state (runs before 0.1's renaming: "centroids")."""
+    return state["prototypes"] if "prototypes" in state else state["centroids"]
 
 
 def v2_loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

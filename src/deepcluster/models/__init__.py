@@ -8,6 +8,7 @@ from deepcluster.models.registry import (
     ARCHITECTURES,
     FAMILIES,
     build_backbone,
+    check_arch,
     default_arch_for,
     takes_any_input_size,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "alexnet_bn_small",
     "build_backbone",
     "channels_last",
+    "check_arch",
     "default_arch_for",
     "init_deepcluster_weights",
     "linear_head",

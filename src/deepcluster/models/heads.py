@@ -82,6 +82,10 @@ class HierarchicalHead(nn.Module):
     initialised like :func:`linear_head` (weight ~ N(0, 0.01), bias 0), drawing from `generator` only.
     """
 
+    every_parameter_used = False
+    """A step trains only the sub-class heads of the super-classes in its batch (DistributedDataParallel must
+    look for unused parameters; modules without this attribute use all of theirs)."""
+
     def __init__(
         self, in_dim: int, n_super: int, n_sub: int, generator: torch.Generator | None = None
     ) -> None:

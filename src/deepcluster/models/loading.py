@@ -37,7 +37,7 @@ def load_model(target: str | Path, input_size: int | None = None, trusted: bool 
         run = RunDir(path)
         if not run.config.is_file() or not run.has_checkpoint():
             raise ConfigError(f"{path}: not a run directory (needs config.yaml and checkpoints/last.pt)")
-        config = load_config(run.config, strict=False)  # the data and model sections; methods' are not needed
+        config = load_config(run.config)  # the data and model sections; methods' are not needed
         size = int(config.data.input_size or 224)
         backbone = build_backbone(str(config.model.arch), sobel=config.model.sobel, input_size=size)
         backbone.load_state_dict(run.load_checkpoint(trusted)["model"])

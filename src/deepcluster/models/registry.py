@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from deepcluster.config import ConfigError
+from deepcluster.config.options import closest
 from deepcluster.models.alexnet import (
     FULL_MIN_SIZE,
     SMALL_MAX_SIZE,
@@ -43,6 +45,15 @@ def build_backbone(arch: str, sobel: bool = True, input_size: int = 224) -> Back
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch](sobel=sobel, input_size=input_size)
+
+
+def check_arch(arch: str | None) -> None:
+    """ConfigError naming `--arch` (model.arch) and the choices when `arch` is set and not registered."""
+    if arch is not None and arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"--arch {arch}: unknown architecture{closest(arch, list(ARCHITECTURES))} (model.arch); "
+            f"choose from {', '.join(ARCHITECTURES)}"
+        )
 
 
 def takes_any_input_size(arch: str) -> bool:

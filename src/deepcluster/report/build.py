@@ -111,7 +111,7 @@ def build_report(
 
 
 def _build(run: RunDir, options: ReportOptions, trust_checkpoint: bool) -> Path:
-    config = load_config(run.config, strict=False)  # what the report shows needs no method's own section
+    config = load_config(run.config)  # what the report shows needs no method's own section
     model = None  # loaded first: a refused checkpoint stops the build before anything is written
     if run.labels_csv.is_file() and run.has_checkpoint():
         model = load_model(run.root, trusted=trust_checkpoint)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import ConfigError, read_yaml
+from deepcluster.config import ConfigError, config_from_dict, read_yaml
 from deepcluster.config.options import closest
 from deepcluster.methods import METHODS
 from deepcluster.models import ClassifierHead, HierarchicalHead, MultiHead, PrototypeHead
@@ -145,7 +145,7 @@ def _heads(target: Path, feature_dim: int, trusted: bool) -> tuple[nn.Module, nn
     if state["heads"] is None:
         raise ConfigError(f"--with-head: {target} has no heads yet (saved before the first labels)")
     try:  # as the engine builds them (engine/networks.py), then the checkpoint's weights
-        method = METHODS.build(METHODS.from_dict(state["config"], origin=str(target)))
+        method = METHODS.build(config_from_dict(state["config"], METHODS, origin=str(target)))
         heads = checkpoint_heads(method, feature_dim, state)
     except (ConfigError, RuntimeError) as error:
         raise ConfigError(f"--with-head: cannot rebuild the heads of method {name!r}: {error}") from None

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from deepcluster.cluster.preprocess import l2_normalize
-from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.config import ConfigError, TrainConfig, load_config
 from deepcluster.data.views import ClusterView
 from deepcluster.engine.conv_kernels import use_recorded_kernels
 from deepcluster.engine.device import Precision, resolve_device, resolve_precision
 from deepcluster.engine.features import extract_features
 from deepcluster.methods import METHODS, Assignment, ExtractingMethod, Method
-from deepcluster.methods.predict import Prediction, stack, top2
+from deepcluster.methods.predict import Prediction, top2
 from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
 from deepcluster.seeding import torch_generator
@@ -99,7 +99,9 @@ class TrainedRun:
         n_out = int(getattr(self.heads, "n_out", self.config.cluster.k))
         per_head = logits.reshape(len(logits), -1, n_out)
         probs = torch.softmax(torch.from_numpy(per_head).double(), dim=-1).numpy()
-        return stack([top2(probs[:, h], largest=True) for h in range(probs.shape[1])], "probability")
+        return Prediction.from_columns(
+            [top2(probs[:, h], largest=True) for h in range(probs.shape[1])], "probability"
+        )
 
     # ------------------------------------------------------------ whole inputs
     def embed(self, images: ImageLike | Sequence[ImageLike], layer: str | None = None) -> np.ndarray:
@@ -155,7 +157,7 @@ def load(run_dir: str | Path, device: str = "auto", trust_checkpoint: bool = Fal
         raise ConfigError(f"{run_dir}: no config.yaml there; is it a run directory?")
     if not run.has_checkpoint():
         raise ConfigError(f"{run_dir}: the run has no checkpoint yet (it stopped before its first)")
-    config = METHODS.load(run.config)
+    config = load_config(run.config, METHODS)
     chosen = resolve_device(config.run.device if device == "auto" else device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         chosen = torch.device("cpu")
