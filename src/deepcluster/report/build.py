@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from deepcluster.config import ConfigError, TrainConfig, load_config
+from deepcluster.config import TrainConfig, load_config
 from deepcluster.data.decode import square_image
 from deepcluster.data.sources import ImageSource, open_source
 from deepcluster.data.views import ClusterView
@@ -31,7 +31,7 @@ from deepcluster.report.picture import Picture
 from deepcluster.report.similar import similar_pictures
 from deepcluster.report.taps import check_taps, default_channels, default_taps
 from deepcluster.report.thumbnails import ThumbnailCache
-from deepcluster.storage import RunDir, RunLock
+from deepcluster.storage import RunDir, RunLock, open_run_dir
 
 
 @dataclass
@@ -103,9 +103,7 @@ def build_report(
     Thumbnails made by an earlier build are reused. `trust_checkpoint` loads a checkpoint of an older format
     (whose full unpickle can run code)."""
     options = options or ReportOptions()
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise ConfigError(f"report {run_dir}: no config.yaml there; is it a run directory?")
+    run = open_run_dir(run_dir, "report")
     with RunLock(run.root, "report"):
         return _build(run, options, trust_checkpoint)
 

@@ -21,7 +21,14 @@ from deepcluster.storage.files import (
     atomic_write_text,
 )
 from deepcluster.storage.lock import RunInUse, RunLock
-from deepcluster.storage.run_dir import LabelsTable, RunDir, epoch_label_files, read_labels_csv
+from deepcluster.storage.run_dir import (
+    LabelsTable,
+    RunDir,
+    epoch_label_files,
+    open_run_dir,
+    open_run_or_checkpoint,
+    read_labels_csv,
+)
 
 __all__ = [
     "DISK_FULL_ERRNOS",
@@ -41,6 +48,8 @@ __all__ = [
     "atomic_write_text",
     "epoch_label_files",
     "load_checkpoint",
+    "open_run_dir",
+    "open_run_or_checkpoint",
     "read_header",
     "read_labels_csv",
     "save_checkpoint",

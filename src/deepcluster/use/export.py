@@ -31,6 +31,7 @@ from deepcluster.storage import (
     atomic_write,
     atomic_write_text,
     load_checkpoint,
+    open_run_or_checkpoint,
     read_header,
 )
 from deepcluster.use.run import checkpoint_heads
@@ -111,13 +112,7 @@ def _check_inputs(target: Path, fmt: str, out: Path) -> None:
     """ConfigError naming the format, the run or the output that cannot be used, before any work."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: unknown format{closest(fmt, FORMATS)}; choose from {_CHOICES}")
-    run = RunDir(target)
-    if target.is_dir() and not run.config.is_file():
-        raise ConfigError(f"RUN {target}: not a run directory (no config.yaml)")
-    if target.is_dir() and not run.has_checkpoint():
-        raise ConfigError(f"RUN {target}: the run has no checkpoint yet ({run.checkpoint} is missing)")
-    if not target.exists():
-        raise ConfigError(f"RUN {target}: no such run directory or checkpoint file")
+    open_run_or_checkpoint(target, "RUN")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401
