@@ -1,9 +1,12 @@
+import argparse
+
 import pytest
 import yaml
 
 from deepcluster import load_config, preset_config
 from deepcluster.cli import build_parser, build_train_config
 from deepcluster.config import ConfigError, TrainConfig, apply_overrides, dump_config
+from deepcluster.config.options import declared_kind
 
 
 def _train_args(*argv):
@@ -96,3 +99,35 @@ def test_command_line_overrides_config_file_and_set(tmp_path):
 def test_bad_set_syntax_is_explained():
     with pytest.raises(ConfigError, match="SECTION.OPTION=VALUE"):
         build_train_config(_train_args("--set", "lr=0.1"))
+
+
+@pytest.mark.parametrize(
+    "annotation, kind",
+    [
+        ("int", ("int", False)),
+        ("float | None", ("float", True)),
+        ("None | str", ("str", True)),
+        ("tuple[float, float]", ("tuple[float, float]", False)),
+        ("tuple[int, ...]", ("tuple[int, ...]", False)),
+        ("int | str", ("", False)),
+        (int, ("int", False)),
+    ],
+)
+def test_declared_kind_reads_an_annotation(annotation, kind):
+    assert declared_kind(annotation) == kind
+
+
+def test_every_command_declares_the_shared_flags_once_with_one_help():
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps: dict[str, set[str]] = {}
+    for name, parser in commands.choices.items():
+        flags = {flag: action.help for action in parser._actions for flag in action.option_strings}
+        assert "-q" in flags and "--quiet" in flags, name
+        for flag in ("--quiet", "--trust-checkpoint", "--no-progress"):
+            if flag in flags and not (name == "train" and flag == "--no-progress"):  # train's: run.progress
+                helps.setdefault(flag, set()).add(flags[flag])
+    assert {flag: len(texts) for flag, texts in helps.items()} == {
+        "--quiet": 1,
+        "--trust-checkpoint": 1,
+        "--no-progress": 1,
+    }

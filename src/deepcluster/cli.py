@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import Field
 from typing import Any
 
 from deepcluster.config import (
@@ -17,36 +16,19 @@ from deepcluster.config import (
     DEFAULT_METHOD,
     PRESETS,
     ConfigError,
-    OptionInfo,
     TrainConfig,
     apply_overrides,
     parse_set,
     read_yaml,
-    section_options,
 )
+from deepcluster.config.flags import Flagged, add_common_flags, add_option_flags, given_flags, section_flags
 from deepcluster.methods import METHODS, MethodRegistry
-from deepcluster.storage import TRUST_HELP
 
 
-def _section_classes(methods: MethodRegistry) -> dict[str, type]:
-    return {**CORE_SECTIONS, **methods.sections}
-
-
-def _flagged(methods: MethodRegistry) -> Iterator[tuple[str, Field[Any], OptionInfo]]:
+def _flagged(methods: MethodRegistry) -> Iterator[Flagged]:
     """(section, field, info) of every option that has a command-line flag, core sections first."""
-    for section, kind in _section_classes(methods).items():
-        for item, info in section_options(kind):
-            if info.flag:
-                yield section, item, info
-
-
-def _dest(section: str, name: str) -> str:
-    return f"{section}__{name}"
-
-
-def _value_type(item: Field[Any]) -> type:
-    first = str(item.type).split("|")[0].strip()
-    return {"int": int, "float": float}.get(first, str)
+    for section, kind in {**CORE_SECTIONS, **methods.sections}.items():
+        yield from section_flags(section, kind)
 
 
 def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegistry) -> None:
@@ -61,20 +43,7 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
     p.add_argument(
         "--method", help=f"{described} (default {DEFAULT_METHOD}; deepcluster with --preset paper)"
     )
-    for section, item, info in _flagged(methods):
-        dest = _dest(section, item.name)
-        if item.type == "bool":
-            what = f"turn off {section}.{item.name}: " if item.default else ""
-            p.add_argument(info.flag, dest=dest, action="store_true", help=what + info.help)
-            continue
-        shown = "" if item.default is None or "default" in info.help else f" (default {item.default})"
-        p.add_argument(
-            info.flag,
-            dest=dest,
-            type=_value_type(item),
-            metavar=info.metavar or item.name.upper(),
-            help=info.help + shown,
-        )
+    add_option_flags(p, _flagged(methods))
     p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration to start from")
     p.add_argument("--config", help="YAML file with settings (a run's config.yaml reproduces it)")
     p.add_argument(
@@ -85,25 +54,13 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
         help="set any option, e.g. --set optim.schedule=cosine (repeatable)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-
-
-def _given(args: argparse.Namespace, methods: MethodRegistry) -> list[tuple[str, str, OptionInfo, Any]]:
-    """(section, option, info, value) of every flagged option given on the command line (a bool flag's value is
-    the opposite of the option's default)."""
-    found = []
-    for section, item, info in _flagged(methods):
-        raw = getattr(args, _dest(section, item.name))
-        if raw is not None and raw is not False:
-            found.append((section, item.name, info, (not item.default) if item.type == "bool" else raw))
-    return found
+    add_common_flags(p, trust=True)
 
 
 def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHODS) -> TrainConfig:
     """The method's starting settings, the preset, then --config file, then --set, then the named flags (later
     wins)."""
-    given = _given(args, methods)
+    given = given_flags(args, _flagged(methods))
     method = args.method or next((info.selects_method for *_, info, _ in given if info.selects_method), None)
     raw = read_yaml(args.config) if args.config else {}
     raw["preset"] = args.preset or raw.get("preset", "default")
@@ -120,7 +77,7 @@ def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHO
 
 def _resume_overrides(args: argparse.Namespace, methods: MethodRegistry) -> dict[str, Any]:
     """The `run` options a resume changes; ConfigError naming the given flags that it may not change."""
-    given = _given(args, methods)
+    given = given_flags(args, _flagged(methods))
     fixed = [info.flag for _, _, info, _ in given if not info.resumable]
     fixed += [f"--{name}" for name in ("config", "preset", "method", "set") if getattr(args, name)]
     if fixed:
@@ -178,9 +135,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", help="JSON output (default: RUN/evaluation.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_common_flags(p, progress=True, trust=True)
 
 
 def _add_report_parser(commands: argparse._SubParsersAction) -> None:
@@ -212,8 +167,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="images shown with their nearest neighbours (default 6; 0: none)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_common_flags(p, trust=True)
 
 
 def _run_report(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@ directory's lock, and a run directory's layout, writers and readers. Everything 
 through `RunDir`."""
 
 from deepcluster.storage.checkpoints import (
-    TRUST_HELP,
     CheckpointError,
     DamagedCheckpoint,
     NoCheckpoint,
@@ -32,7 +31,6 @@ from deepcluster.storage.run_dir import (
 
 __all__ = [
     "DISK_FULL_ERRNOS",
-    "TRUST_HELP",
     "WRITE_ERRNOS",
     "CheckpointError",
     "DamagedCheckpoint",

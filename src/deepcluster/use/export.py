@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from deepcluster.config import ConfigError, read_yaml
+from deepcluster.config.flags import add_common_flags
 from deepcluster.config.options import closest
 from deepcluster.methods import METHODS
 from deepcluster.models import ClassifierHead, HierarchicalHead, MultiHead, PrototypeHead
 from deepcluster.models.loading import LoadedModel, load_model
 from deepcluster.storage import (
-    TRUST_HELP,
     RunDir,
     atomic_write,
     atomic_write_text,
@@ -318,7 +318,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, metavar="{" + ",".join(FORMATS) + "}", help="file format")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (FILE.json beside it)")
     p.add_argument("--with-head", action="store_true", help="also the heads (outputs after the embedding)")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_common_flags(p, trust=True)
 
 
 def run_export(args: argparse.Namespace) -> int:
