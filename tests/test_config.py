@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 
 import pytest
 import yaml
@@ -7,6 +8,7 @@ from deepcluster import load_config, preset_config
 from deepcluster.cli import build_parser, build_train_config
 from deepcluster.config import ConfigError, TrainConfig, apply_overrides, dump_config
 from deepcluster.config.options import declared_kind
+from deepcluster.evaluate.options import EvalConfig
 
 
 def _train_args(*argv):
@@ -115,6 +117,15 @@ def test_bad_set_syntax_is_explained():
 )
 def test_declared_kind_reads_an_annotation(annotation, kind):
     assert declared_kind(annotation) == kind
+
+
+def test_declared_kind_reads_a_field_and_gives_each_flag_its_type():
+    fields = {item.name: item for item in dataclasses.fields(EvalConfig)}
+    assert declared_kind(fields["input_size"]) == ("int", True)
+    assert declared_kind(fields["baseline"]) == ("bool", False)
+    args = build_parser().parse_args(["evaluate", "RUN", "--input-size", "32", "--knn-k", "5", "7"])
+    assert args.evaluate__input_size == 32 and args.evaluate__knn_ks == [5, 7]
+    assert _train_args("--lr", "0.5", "--k", "12").optim__lr == 0.5
 
 
 def test_every_command_declares_the_shared_flags_once_with_one_help():

@@ -18,11 +18,14 @@ from deepcluster.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,
+    check_section,
     parse_set,
     read_yaml,
 )
 from deepcluster.config.flags import Flagged, add_common_flags, add_option_flags, given_flags, section_flags
+from deepcluster.evaluate.options import EvalConfig
 from deepcluster.methods import METHODS, MethodRegistry
+from deepcluster.report.options import ReportOptions, parse_taps
 
 
 def _flagged(methods: MethodRegistry) -> Iterator[Flagged]:
@@ -120,21 +123,7 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         description="Evaluate a run directory or a checkpoint file (ours or the released DeepCluster layout).",
     )
     p.add_argument("target", help="run directory or checkpoint file")
-    p.add_argument(
-        "--data", help="labelled images for the k-NN memory and probe training (default: the run's)"
-    )
-    p.add_argument("--split", help="split of --data (default: its training split)")
-    p.add_argument("--test-data", help="labelled test images (default: a 20%% hold-out of --data)")
-    p.add_argument("--test-split", help="split of the test data, e.g. test")
-    p.add_argument("--input-size", type=int, help="network input size of a checkpoint file (default 224)")
-    p.add_argument(
-        "--knn-k", type=int, nargs="+", default=[20, 200], help="neighbours of the k-NN (default 20 200)"
-    )
-    p.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe (0: none)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the random-initialisation baseline")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", help="JSON output (default: RUN/evaluation.json)")
+    add_option_flags(p, section_flags("evaluate", EvalConfig))
     add_common_flags(p, progress=True, trust=True)
 
 
@@ -145,9 +134,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         description="Write RUN_DIR/report/index.html (opens from disk) with its PNGs; thumbnails are cached.",
     )
     p.add_argument("run_dir", help="a run directory")
-    p.add_argument("--clusters", type=int, default=20, help="largest clusters shown as grids (default 20)")
-    p.add_argument("--per-cluster", type=int, default=36, help="images per cluster grid (default 36)")
-    p.add_argument("--channels", type=int, default=8, help="channels shown per deeper layer (default 8)")
+    add_option_flags(p, section_flags("report", ReportOptions))
     p.add_argument(
         "--tap",
         action="append",
@@ -155,68 +142,35 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="a layer to show (e.g. conv5, or conv5:3,17,42 for chosen channels); repeatable "
         "(default: a middle and the last conv layer, --channels random channels each)",
     )
-    p.add_argument(
-        "--gradient-ascent",
-        action="store_true",
-        help="also the paper's gradient-ascent filter pictures (slow)",
-    )
-    p.add_argument(
-        "--similar",
-        type=int,
-        default=6,
-        help="images shown with their nearest neighbours (default 6; 0: none)",
-    )
-    p.add_argument("--seed", type=int, default=0)
     add_common_flags(p, trust=True)
 
 
-def _run_report(args: argparse.Namespace) -> int:
-    from deepcluster.report.build import ReportOptions, build_report
+def _command_options(args: argparse.Namespace, section: str, kind: type, **fixed: Any) -> Any:
+    """A command's options (`kind`, a dataclass of `option` fields) from its flags (the others at their
+    defaults, or `fixed`); ConfigError from the first declared check a value fails, naming its flag."""
+    given = {name: value for _, name, _, value in given_flags(args, section_flags(section, kind))}
+    options = kind(**fixed, **given)
+    check_section(section, options)
+    return options
 
-    for option in ("clusters", "per_cluster", "channels"):
-        if getattr(args, option) < 1:
-            raise ConfigError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= 1")
-    taps: dict[str, list[int]] = {}
-    for item in args.tap or []:
-        layer, _, channels = item.partition(":")
-        try:
-            taps[layer] = [int(c) for c in channels.split(",") if c.strip()]
-        except ValueError:
-            raise ConfigError(f"--tap {item}: expected LAYER or LAYER:C,C,... with channel numbers") from None
-    options = ReportOptions(
-        taps=taps or None,
-        clusters=args.clusters,
-        per_cluster=args.per_cluster,
-        channels=args.channels,
-        gradient_ascent=args.gradient_ascent,
-        similar=max(0, args.similar),
-        seed=args.seed,
-    )
+
+def _run_report(args: argparse.Namespace) -> int:
+    from deepcluster.report.build import build_report
+
+    options = _command_options(args, "report", ReportOptions, taps=parse_taps(args.tap))
     print(f"report: {build_report(args.run_dir, options, trust_checkpoint=args.trust_checkpoint)}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from deepcluster.evaluate.runner import EvalConfig, evaluate, format_results
+    from deepcluster.evaluate.runner import evaluate, format_results
 
-    if args.probe_epochs < 0:
-        raise ConfigError(f"--probe-epochs {args.probe_epochs}: must be >= 0")
-    if any(k < 1 for k in args.knn_k):
-        raise ConfigError(f"--knn-k {args.knn_k}: every k must be >= 1")
-    config = EvalConfig(
+    config = _command_options(
+        args,
+        "evaluate",
+        EvalConfig,
         target=args.target,
-        data=args.data,
-        split=args.split,
-        test_data=args.test_data,
-        test_split=args.test_split,
-        input_size=args.input_size,
-        knn_ks=tuple(args.knn_k),
-        probe_epochs=args.probe_epochs,
-        baseline=not args.no_baseline,
-        seed=args.seed,
-        device=args.device,
         progress=not args.no_progress,
-        out=args.out,
         trust_checkpoint=args.trust_checkpoint,
     )
     print(format_results(evaluate(config)))
