@@ -321,3 +321,24 @@ def test_processes_need_images_and_a_batch_they_share(monkeypatch: pytest.Monkey
         ConfigError, match=r"--batch-size 30 \(the total over all processes\) is not a multiple"
     ):
         refuse_before_data(METHODS.complete(config), METHODS["sela"], 100)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["evaluate", "RUN", "--probe-epochs", "-1"], "--probe-epochs -1: must be a whole number >= 0"),
+        (["evaluate", "RUN", "--knn-k", "5", "0"], "--knn-k [5, 0]: every k must be a whole number >= 1"),
+        (["report", "RUN", "--clusters", "0"], "--clusters 0: must be a whole number >= 1"),
+        (["report", "RUN", "--per-cluster", "0"], "--per-cluster 0: must be a whole number >= 1"),
+        (["report", "RUN", "--channels", "-2"], "--channels -2: must be a whole number >= 1"),
+        (["report", "RUN", "--tap", "conv5:a"], "--tap conv5:a: expected LAYER or LAYER:C,C,..."),
+    ],
+)
+def test_evaluate_and_report_flags_are_checked_as_declared(
+    argv, fragment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The declared checks of `evaluate.options.EvalConfig` and `report.options.ReportOptions` refuse a bad
+    flag before the run is opened (RUN does not exist)."""
+    code, err = _run([str(tmp_path / "run") if a == "RUN" else a for a in argv], capsys)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and fragment in err, err

@@ -1,9 +1,14 @@
+import argparse
+import dataclasses
+
 import pytest
 import yaml
 
 from deepcluster import load_config, preset_config
 from deepcluster.cli import build_parser, build_train_config
 from deepcluster.config import ConfigError, TrainConfig, apply_overrides, dump_config
+from deepcluster.config.options import declared_kind
+from deepcluster.evaluate.options import EvalConfig
 
 
 def _train_args(*argv):
@@ -96,3 +101,44 @@ def test_command_line_overrides_config_file_and_set(tmp_path):
 def test_bad_set_syntax_is_explained():
     with pytest.raises(ConfigError, match="SECTION.OPTION=VALUE"):
         build_train_config(_train_args("--set", "lr=0.1"))
+
+
+@pytest.mark.parametrize(
+    "annotation, kind",
+    [
+        ("int", ("int", False)),
+        ("float | None", ("float", True)),
+        ("None | str", ("str", True)),
+        ("tuple[float, float]", ("tuple[float, float]", False)),
+        ("tuple[int, ...]", ("tuple[int, ...]", False)),
+        ("int | str", ("", False)),
+        (int, ("int", False)),
+    ],
+)
+def test_declared_kind_reads_an_annotation(annotation, kind):
+    assert declared_kind(annotation) == kind
+
+
+def test_declared_kind_reads_a_field_and_gives_each_flag_its_type():
+    fields = {item.name: item for item in dataclasses.fields(EvalConfig)}
+    assert declared_kind(fields["input_size"]) == ("int", True)
+    assert declared_kind(fields["baseline"]) == ("bool", False)
+    args = build_parser().parse_args(["evaluate", "RUN", "--input-size", "32", "--knn-k", "5", "7"])
+    assert args.evaluate__input_size == 32 and args.evaluate__knn_ks == [5, 7]
+    assert _train_args("--lr", "0.5", "--k", "12").optim__lr == 0.5
+
+
+def test_every_command_declares_the_shared_flags_once_with_one_help():
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps: dict[str, set[str]] = {}
+    for name, parser in commands.choices.items():
+        flags = {flag: action.help for action in parser._actions for flag in action.option_strings}
+        assert "-q" in flags and "--quiet" in flags, name
+        for flag in ("--quiet", "--trust-checkpoint", "--no-progress"):
+            if flag in flags and not (name == "train" and flag == "--no-progress"):  # train's: run.progress
+                helps.setdefault(flag, set()).add(flags[flag])
+    assert {flag: len(texts) for flag, texts in helps.items()} == {
+        "--quiet": 1,
+        "--trust-checkpoint": 1,
+        "--no-progress": 1,
+    }

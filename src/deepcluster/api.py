@@ -14,7 +14,7 @@ from deepcluster import config as settings
 from deepcluster.config import ConfigError, TrainConfig
 from deepcluster.engine.loop import RunResult, StepCallback, Trainer
 from deepcluster.methods import METHODS
-from deepcluster.storage import RunDir
+from deepcluster.storage import open_run_dir
 
 log = logging.getLogger("deepcluster")
 
@@ -44,18 +44,7 @@ def train(config: TrainConfig, on_step: StepCallback | None = None) -> RunResult
 def resume_config(run_dir: str | Path, epochs: int | None = None, **run_overrides: Any) -> TrainConfig:
     """The settings of the run saved in `run_dir`, with the few a resume may change (`--epochs` and the `run`
     options marked resumable, e.g. device, threads, progress)."""
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise ConfigError(
-            f"--resume {run_dir}: no such run directory (a run stopped before it began leaves none: start it "
-            "again with its train command)"
-        )
-    if not run.config.is_file():
-        raise ConfigError(
-            f"--resume {run_dir}: no config.yaml there; is it a run directory? (A run killed within "
-            "milliseconds of making it has none yet: start it again with its train command.)"
-        )
-    config = load_config(run.config)
+    config = load_config(open_run_dir(run_dir, "--resume").config)
     config.run.out = str(run_dir)
     if epochs is not None:
         config.run.epochs = epochs

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import Field
 from typing import Any
 
 from deepcluster.config import (
@@ -17,37 +16,23 @@ from deepcluster.config import (
     DEFAULT_METHOD,
     PRESETS,
     ConfigError,
-    OptionInfo,
     TrainConfig,
     apply_overrides,
+    check_section,
     config_from_dict,
     parse_set,
     read_yaml,
-    section_options,
 )
+from deepcluster.config.flags import Flagged, add_common_flags, add_option_flags, given_flags, section_flags
+from deepcluster.evaluate.options import EvalConfig
 from deepcluster.methods import METHODS, MethodRegistry
-from deepcluster.storage import TRUST_HELP
+from deepcluster.report.options import ReportOptions, parse_taps
 
 
-def _section_classes(methods: MethodRegistry) -> dict[str, type]:
-    return {**CORE_SECTIONS, **methods.sections}
-
-
-def _flagged(methods: MethodRegistry) -> Iterator[tuple[str, Field[Any], OptionInfo]]:
+def _flagged(methods: MethodRegistry) -> Iterator[Flagged]:
     """(section, field, info) of every option that has a command-line flag, core sections first."""
-    for section, kind in _section_classes(methods).items():
-        for item, info in section_options(kind):
-            if info.flag:
-                yield section, item, info
-
-
-def _dest(section: str, name: str) -> str:
-    return f"{section}__{name}"
-
-
-def _value_type(item: Field[Any]) -> type:
-    first = str(item.type).split("|")[0].strip()
-    return {"int": int, "float": float}.get(first, str)
+    for section, kind in {**CORE_SECTIONS, **methods.sections}.items():
+        yield from section_flags(section, kind)
 
 
 def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegistry) -> None:
@@ -62,20 +47,7 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
     p.add_argument(
         "--method", help=f"{described} (default {DEFAULT_METHOD}; deepcluster with --preset paper)"
     )
-    for section, item, info in _flagged(methods):
-        dest = _dest(section, item.name)
-        if item.type == "bool":
-            what = f"turn off {section}.{item.name}: " if item.default else ""
-            p.add_argument(info.flag, dest=dest, action="store_true", help=what + info.help)
-            continue
-        shown = "" if item.default is None or "default" in info.help else f" (default {item.default})"
-        p.add_argument(
-            info.flag,
-            dest=dest,
-            type=_value_type(item),
-            metavar=info.metavar or item.name.upper(),
-            help=info.help + shown,
-        )
+    add_option_flags(p, _flagged(methods))
     p.add_argument("--preset", choices=sorted(PRESETS), help="named configuration to start from")
     p.add_argument("--config", help="YAML file with settings (a run's config.yaml reproduces it)")
     p.add_argument(
@@ -86,25 +58,13 @@ def _add_train_parser(commands: argparse._SubParsersAction, methods: MethodRegis
         help="set any option, e.g. --set optim.schedule=cosine (repeatable)",
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-
-
-def _given(args: argparse.Namespace, methods: MethodRegistry) -> list[tuple[str, str, OptionInfo, Any]]:
-    """(section, option, info, value) of every flagged option given on the command line (a bool flag's value is
-    the opposite of the option's default)."""
-    found = []
-    for section, item, info in _flagged(methods):
-        raw = getattr(args, _dest(section, item.name))
-        if raw is not None and raw is not False:
-            found.append((section, item.name, info, (not item.default) if item.type == "bool" else raw))
-    return found
+    add_common_flags(p, trust=True)
 
 
 def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHODS) -> TrainConfig:
     """The method's starting settings, the preset, then --config file, then --set, then the named flags (later
     wins)."""
-    given = _given(args, methods)
+    given = given_flags(args, _flagged(methods))
     method = args.method or next((info.selects_method for *_, info, _ in given if info.selects_method), None)
     raw = read_yaml(args.config) if args.config else {}
     raw["preset"] = args.preset or raw.get("preset", "default")
@@ -123,7 +83,7 @@ def build_train_config(args: argparse.Namespace, methods: MethodRegistry = METHO
 
 def _resume_overrides(args: argparse.Namespace, methods: MethodRegistry) -> dict[str, Any]:
     """The `run` options a resume changes; ConfigError naming the given flags that it may not change."""
-    given = _given(args, methods)
+    given = given_flags(args, _flagged(methods))
     fixed = [info.flag for _, _, info, _ in given if not info.resumable]
     fixed += [f"--{name}" for name in ("config", "preset", "method", "set") if getattr(args, name)]
     if fixed:
@@ -166,24 +126,8 @@ def _add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         description="Evaluate a run directory or a checkpoint file (ours or the released DeepCluster layout).",
     )
     p.add_argument("target", help="run directory or checkpoint file")
-    p.add_argument(
-        "--data", help="labelled images for the k-NN memory and probe training (default: the run's)"
-    )
-    p.add_argument("--split", help="split of --data (default: its training split)")
-    p.add_argument("--test-data", help="labelled test images (default: a 20%% hold-out of --data)")
-    p.add_argument("--test-split", help="split of the test data, e.g. test")
-    p.add_argument("--input-size", type=int, help="network input size of a checkpoint file (default 224)")
-    p.add_argument(
-        "--knn-k", type=int, nargs="+", default=[20, 200], help="neighbours of the k-NN (default 20 200)"
-    )
-    p.add_argument("--probe-epochs", type=int, default=10, help="epochs of each linear probe (0: none)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the random-initialisation baseline")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", help="JSON output (default: RUN/evaluation.json)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_option_flags(p, section_flags("evaluate", EvalConfig))
+    add_common_flags(p, progress=True, trust=True)
 
 
 def _add_report_parser(commands: argparse._SubParsersAction) -> None:
@@ -193,9 +137,7 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         description="Write RUN_DIR/report/index.html (opens from disk) with its PNGs; thumbnails are cached.",
     )
     p.add_argument("run_dir", help="a run directory")
-    p.add_argument("--clusters", type=int, default=20, help="largest clusters shown as grids (default 20)")
-    p.add_argument("--per-cluster", type=int, default=36, help="images per cluster grid (default 36)")
-    p.add_argument("--channels", type=int, default=8, help="channels shown per deeper layer (default 8)")
+    add_option_flags(p, section_flags("report", ReportOptions))
     p.add_argument(
         "--tap",
         action="append",
@@ -203,69 +145,35 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="a layer to show (e.g. conv5, or conv5:3,17,42 for chosen channels); repeatable "
         "(default: a middle and the last conv layer, --channels random channels each)",
     )
-    p.add_argument(
-        "--gradient-ascent",
-        action="store_true",
-        help="also the paper's gradient-ascent filter pictures (slow)",
-    )
-    p.add_argument(
-        "--similar",
-        type=int,
-        default=6,
-        help="images shown with their nearest neighbours (default 6; 0: none)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_common_flags(p, trust=True)
+
+
+def _command_options(args: argparse.Namespace, section: str, kind: type, **fixed: Any) -> Any:
+    """A command's options (`kind`, a dataclass of `option` fields) from its flags (the others at their
+    defaults, or `fixed`); ConfigError from the first declared check a value fails, naming its flag."""
+    given = {name: value for _, name, _, value in given_flags(args, section_flags(section, kind))}
+    options = kind(**fixed, **given)
+    check_section(section, options)
+    return options
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from deepcluster.report.build import ReportOptions, build_report
+    from deepcluster.report.build import build_report
 
-    for option in ("clusters", "per_cluster", "channels"):
-        if getattr(args, option) < 1:
-            raise ConfigError(f"--{option.replace('_', '-')} {getattr(args, option)}: must be >= 1")
-    taps: dict[str, list[int]] = {}
-    for item in args.tap or []:
-        layer, _, channels = item.partition(":")
-        try:
-            taps[layer] = [int(c) for c in channels.split(",") if c.strip()]
-        except ValueError:
-            raise ConfigError(f"--tap {item}: expected LAYER or LAYER:C,C,... with channel numbers") from None
-    options = ReportOptions(
-        taps=taps or None,
-        clusters=args.clusters,
-        per_cluster=args.per_cluster,
-        channels=args.channels,
-        gradient_ascent=args.gradient_ascent,
-        similar=max(0, args.similar),
-        seed=args.seed,
-    )
+    options = _command_options(args, "report", ReportOptions, taps=parse_taps(args.tap))
     print(f"report: {build_report(args.run_dir, options, trust_checkpoint=args.trust_checkpoint)}")
     return 0
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from deepcluster.evaluate.runner import EvalConfig, evaluate, format_results
+    from deepcluster.evaluate.runner import evaluate, format_results
 
-    if args.probe_epochs < 0:
-        raise ConfigError(f"--probe-epochs {args.probe_epochs}: must be >= 0")
-    if any(k < 1 for k in args.knn_k):
-        raise ConfigError(f"--knn-k {args.knn_k}: every k must be >= 1")
-    config = EvalConfig(
+    config = _command_options(
+        args,
+        "evaluate",
+        EvalConfig,
         target=args.target,
-        data=args.data,
-        split=args.split,
-        test_data=args.test_data,
-        test_split=args.test_split,
-        input_size=args.input_size,
-        knn_ks=tuple(args.knn_k),
-        probe_epochs=args.probe_epochs,
-        baseline=not args.no_baseline,
-        seed=args.seed,
-        device=args.device,
         progress=not args.no_progress,
-        out=args.out,
         trust_checkpoint=args.trust_checkpoint,
     )
     print(format_results(evaluate(config)))

@@ -103,7 +103,7 @@ def check_section(section_name: str, section: Any) -> None:
         value = getattr(section, item.name)
         problem = value_problem(item, info, value)
         if problem is not None:  # a bool's flag takes no value: name the option instead
-            named = dataclasses.replace(info, flag=None) if _annotation(item.type)[0] == "bool" else info
+            named = dataclasses.replace(info, flag=None) if declared_kind(item)[0] == "bool" else info
             raise option_error(section_name, item.name, named, value, problem)
 
 
@@ -114,9 +114,12 @@ def closest(name: Any, choices: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ types
-def _annotation(declared: Any) -> tuple[str, bool]:
-    """(the declared type without None, whether None is allowed) of a field's annotation: ("int", True) for
-    `int | None` (annotations are text in modules with `from __future__ import annotations`)."""
+def declared_kind(declared: Field[Any] | Any) -> tuple[str, bool]:
+    """(the declared type without None, whether None is allowed) of a field or its annotation: ("int", True) for
+    `int | None`, ("tuple[float, float]", False), ("", ...) for a union of several types (annotations are text in
+    modules with `from __future__ import annotations`). The one reader of annotations: checks, coercion and the
+    command line's flag types all go through it."""
+    declared = declared.type if isinstance(declared, Field) else declared
     text = declared if isinstance(declared, str) else str(declared)
     text = declared.__name__ if isinstance(declared, type) else text  # `int`, not "<class 'int'>"
     parts = [part.strip() for part in text.split("|")]
@@ -153,7 +156,7 @@ def _tuple_length(kind: str) -> int | None:
 def type_problem(declared: Any, value: Any) -> str | None:
     """What is wrong with the type of `value` for an option declared as `declared` (`int`, `float | None`,
     `str`, `bool`, `tuple[float, float]`, ...); None when it fits or the annotation is none of those."""
-    kind, optional = _annotation(declared)
+    kind, optional = declared_kind(declared)
     length = _tuple_length(kind)
     if kind not in _SCALARS and length is None:
         return None
@@ -248,7 +251,7 @@ def coerce(item: Field[Any], value: Any) -> Any:
     """A YAML/CLI value in the form the option `item` declares: a list of numbers as a tuple of floats, a
     number written `1e-3` (text to YAML) as a float for a float option. Anything else is left as it is, for
     `check_section` to refuse with the option's name."""
-    kind, _ = _annotation(item.type)
+    kind, _ = declared_kind(item)
     if _tuple_length(kind) is not None and isinstance(value, (list, tuple)):
         return tuple(float(v) for v in value) if all(map(_is_number, value)) else value
     if kind == "float" and isinstance(value, str) and _NUMBER_TEXT.fullmatch(value.strip()):

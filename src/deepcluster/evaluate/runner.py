@@ -9,7 +9,6 @@ table and the NMI between consecutive epochs. Results go to the terminal and to 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from deepcluster.data.views import ClusterView
 from deepcluster.engine.device import Precision
 from deepcluster.engine.features import extract_features
 from deepcluster.evaluate.linear_probe import ProbeConfig, linear_probe
+from deepcluster.evaluate.options import EvalConfig
 from deepcluster.evaluate.results import format_table, write_json
 from deepcluster.evaluate.stability import epoch_stability
 from deepcluster.models import build_backbone
@@ -31,38 +31,6 @@ from deepcluster.models.backbone import Backbone
 from deepcluster.models.loading import LoadedModel, load_model
 from deepcluster.seeding import seed_everything
 from deepcluster.storage import RunDir, RunLock
-
-
-@dataclass
-class EvalConfig:
-    """What to evaluate and how."""
-
-    target: str
-    """A run directory (its checkpoints/last.pt) or a checkpoint file (ours or the released DeepCluster layout)."""
-    data: str | None = None
-    """Labelled images for k-NN memory and probe training; default: the run's data."""
-    split: str | None = None
-    test_data: str | None = None
-    """Queries and probe test set; default: the test split of `data` when it has one, else a 20 % hold-out."""
-    test_split: str | None = None
-    input_size: int | None = None
-    """Network input size for a checkpoint file (default: from the checkpoint or 224)."""
-    knn_ks: tuple[int, ...] = (20, 200)
-    temperature: float = 0.07
-    probe_epochs: int = 10
-    """Epochs of each linear probe (0: no probes)."""
-    probe_batch_size: int = 256
-    probe_lr: float = 0.01
-    baseline: bool = True
-    """Also evaluate the same architecture at random initialisation."""
-    seed: int = 0
-    batch_size: int = 256
-    device: str = "cpu"
-    progress: bool = True
-    out: str | None = None
-    """JSON output; default: RUN/evaluation.json for a run, else beside the checkpoint."""
-    trust_checkpoint: bool = False
-    """Also load checkpoints that need a full unpickle (older formats; it can run code from the file)."""
 
 
 def _labelled_images(

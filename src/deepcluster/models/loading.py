@@ -9,7 +9,7 @@ from deepcluster.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, default
 from deepcluster.models.backbone import Backbone
 from deepcluster.models.checkpoint_import import import_deepcluster_checkpoint
 from deepcluster.models.registry import build_backbone
-from deepcluster.storage import RunDir, load_checkpoint
+from deepcluster.storage import load_checkpoint, open_run_or_checkpoint
 
 
 @dataclass
@@ -33,10 +33,8 @@ def load_model(target: str | Path, input_size: int | None = None, trusted: bool 
     """Build and load the network of a run directory or a checkpoint file. Checkpoints are read without running
     code; `trusted` (--trust-checkpoint) also loads files that need a full unpickle (older formats)."""
     path = Path(target)
-    if path.is_dir():
-        run = RunDir(path)
-        if not run.config.is_file() or not run.has_checkpoint():
-            raise ConfigError(f"{path}: not a run directory (needs config.yaml and checkpoints/last.pt)")
+    run = open_run_or_checkpoint(path)
+    if run is not None:
         config = load_config(run.config)  # the data and model sections; methods' are not needed
         size = int(config.data.input_size or 224)
         backbone = build_backbone(str(config.model.arch), sobel=config.model.sobel, input_size=size)
@@ -46,8 +44,6 @@ def load_model(target: str | Path, input_size: int | None = None, trusted: bool 
             backbone, str(config.model.arch), config.model.sobel, size, resize, path,
             config.data.data, config.data.split, config.data.mean, config.data.std,
         )  # fmt: skip
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such run directory or checkpoint file")
     checkpoint = load_checkpoint(
         path, trusted
     )  # ours (any format) or another torch file; no code unless trusted

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 
-from deepcluster.config import ConfigError, TrainConfig, load_config
+from deepcluster.config import TrainConfig, load_config
 from deepcluster.data.decode import square_image
 from deepcluster.data.sources import ImageSource, open_source
 from deepcluster.data.views import ClusterView
@@ -26,42 +25,13 @@ from deepcluster.report.ascent import gradient_ascent_grid
 from deepcluster.report.curves import plot_curves
 from deepcluster.report.filters import first_layer_filters
 from deepcluster.report.grids import all_clusters_overview, cluster_grids
+from deepcluster.report.options import ReportOptions
 from deepcluster.report.page import Section, config_block, evaluation_block, render_page, write_page
 from deepcluster.report.picture import Picture
 from deepcluster.report.similar import similar_pictures
 from deepcluster.report.taps import check_taps, default_channels, default_taps
 from deepcluster.report.thumbnails import ThumbnailCache
-from deepcluster.storage import RunDir, RunLock
-
-
-@dataclass
-class ReportOptions:
-    """What the report shows."""
-
-    clusters: int = 20
-    """Largest clusters shown as grids of their images."""
-    per_cluster: int = 36
-    """Images per cluster grid, nearest the centroid first."""
-    members: int = 128
-    """Members of a cluster embedded to find its centroid and order the grid (the network's cost of a grid)."""
-    overview_max_k: int = 100
-    """A page of every cluster when k is at most this."""
-    thumbnail_size: int = 64
-    activation_sample: int = 1000
-    """Images searched for the ones that excite each chosen channel most."""
-    channels: int = 8
-    """Channels shown per deeper layer (drawn at random with the seed, unless `taps` names them)."""
-    taps: dict[str, list[int]] | None = None
-    """Layers and channels to show, e.g. {"conv5": [3, 17]}; None: a middle and the last conv layer."""
-    gradient_ascent: bool = False
-    """Also the paper's gradient-ascent picture of each chosen channel (slow)."""
-    gradient_steps: int = 100
-    similar: int = 6
-    """Images of the run shown with their nearest neighbours in its search index (0: none; the index is built
-    when the run has none that fits, at the cost of embedding every image once)."""
-    similar_k: int = 8
-    seed: int = 0
-    batch_size: int = 128
+from deepcluster.storage import RunDir, RunLock, open_run_dir
 
 
 def _decode(source: ImageSource, indices: np.ndarray, resize: int, input_size: int) -> torch.Tensor:
@@ -103,9 +73,7 @@ def build_report(
     Thumbnails made by an earlier build are reused. `trust_checkpoint` loads a checkpoint of an older format
     (whose full unpickle can run code)."""
     options = options or ReportOptions()
-    run = RunDir(run_dir)
-    if not run.config.is_file():
-        raise ConfigError(f"report {run_dir}: no config.yaml there; is it a run directory?")
+    run = open_run_dir(run_dir, "report")
     with RunLock(run.root, "report"):
         return _build(run, options, trust_checkpoint)
 

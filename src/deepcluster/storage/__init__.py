@@ -3,7 +3,6 @@ directory's lock, and a run directory's layout, writers and readers. Everything 
 through `RunDir`."""
 
 from deepcluster.storage.checkpoints import (
-    TRUST_HELP,
     CheckpointError,
     DamagedCheckpoint,
     NoCheckpoint,
@@ -21,11 +20,17 @@ from deepcluster.storage.files import (
     atomic_write_text,
 )
 from deepcluster.storage.lock import RunInUse, RunLock
-from deepcluster.storage.run_dir import LabelsTable, RunDir, epoch_label_files, read_labels_csv
+from deepcluster.storage.run_dir import (
+    LabelsTable,
+    RunDir,
+    epoch_label_files,
+    open_run_dir,
+    open_run_or_checkpoint,
+    read_labels_csv,
+)
 
 __all__ = [
     "DISK_FULL_ERRNOS",
-    "TRUST_HELP",
     "WRITE_ERRNOS",
     "CheckpointError",
     "DamagedCheckpoint",
@@ -41,6 +46,8 @@ __all__ = [
     "atomic_write_text",
     "epoch_label_files",
     "load_checkpoint",
+    "open_run_dir",
+    "open_run_or_checkpoint",
     "read_header",
     "read_labels_csv",
     "save_checkpoint",

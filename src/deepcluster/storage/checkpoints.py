@@ -38,13 +38,6 @@ MAGIC = b"DEEPCLUSTER-CHECKPOINT\n"
 _NUMPY = "__numpy__"
 
 
-TRUST_HELP = (
-    "load checkpoints that need a full unpickle (written by an older deepcluster); it can run code from the "
-    "file: only for files you trust"
-)
-"""The help of every command's --trust-checkpoint."""
-
-
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used."""
 

@@ -197,6 +197,43 @@ class RunDir:
         atomic_write_text(self.skipped, "".join(f"{name}\t{reason}\n" for name, reason in skipped))
 
 
+def open_run_dir(path: str | os.PathLike[str], what: str = "", needs_checkpoint: bool = False) -> RunDir:
+    """The run directory at `path`, checked before anything reads it: ConfigError naming `what` (the flag or
+    command that gave the path, e.g. "--resume"), the path, what is missing and what to do, when there is no such
+    folder, no config.yaml in it, or (`needs_checkpoint`) no checkpoint yet."""
+    run, where = RunDir(path), _where(path, what)
+    if not run.root.is_dir():
+        raise ConfigError(
+            f"{where}: no such run directory (give the --out of a training run; one stopped before it began "
+            "leaves none: start it again with its train command)"
+        )
+    if not run.config.is_file():
+        raise ConfigError(
+            f"{where}: no config.yaml there; is it a run directory? (A run killed within milliseconds of making "
+            "it has none yet: start it again with its train command.)"
+        )
+    if needs_checkpoint and not run.has_checkpoint():
+        raise ConfigError(
+            f"{where}: the run has no checkpoint yet ({run.checkpoint} is missing: it stopped before its first; "
+            f"train it with deepcluster train --resume {path})"
+        )
+    return run
+
+
+def open_run_or_checkpoint(path: str | os.PathLike[str], what: str = "") -> RunDir | None:
+    """The run directory at `path` checked as `open_run_dir` does (with a checkpoint), or None when `path` is a
+    checkpoint file; ConfigError naming `what` and the path when it is neither."""
+    if Path(path).is_dir():
+        return open_run_dir(path, what, needs_checkpoint=True)
+    if not Path(path).is_file():
+        raise ConfigError(f"{_where(path, what)}: no such run directory or checkpoint file")
+    return None
+
+
+def _where(path: str | os.PathLike[str], what: str) -> str:
+    return f"{what} {path}" if what else str(path)
+
+
 @dataclass
 class LabelsTable:
     """The rows of a labels.csv: source indices, image names, and one label column per head."""

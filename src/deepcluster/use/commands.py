@@ -15,8 +15,9 @@ from tqdm.auto import tqdm
 
 from deepcluster.cluster import index as faiss_index
 from deepcluster.config import ConfigError
+from deepcluster.config.flags import add_common_flags
 from deepcluster.data.sources import ImageSource, open_source, write_shards
-from deepcluster.storage import TRUST_HELP, atomic_write_text
+from deepcluster.storage import atomic_write_text
 from deepcluster.use.export import add_export_parser, run_export
 from deepcluster.use.images import to_pil
 from deepcluster.use.outputs import names_file, write_assignments, write_embeddings
@@ -40,9 +41,7 @@ def add_run_arguments(p: argparse.ArgumentParser, data: bool = True) -> None:
     p.add_argument(
         "--device", default="auto", help="cpu, cuda, or auto: the run's own when present (default)"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_common_flags(p, progress=True, trust=True)
 
 
 def open_run(args: argparse.Namespace) -> TrainedRun:
@@ -225,8 +224,7 @@ def _add_shards(commands: Parsers) -> None:
     p.add_argument("out", help="shard name pattern with a number, e.g. shards/train-%%06d.tar")
     p.add_argument("--per-shard", type=int, default=10_000, help="samples per shard (default 10000)")
     p.add_argument("--split", help="split of DATA (default: its training split)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    add_common_flags(p, progress=True)
 
 
 def _run_shards(args: argparse.Namespace) -> int:

@@ -21,16 +21,17 @@ import torch
 from torch import nn
 
 from deepcluster.config import ConfigError, config_from_dict, read_yaml
+from deepcluster.config.flags import add_common_flags
 from deepcluster.config.options import closest
 from deepcluster.methods import METHODS
 from deepcluster.models import ClassifierHead, HierarchicalHead, MultiHead, PrototypeHead
 from deepcluster.models.loading import LoadedModel, load_model
 from deepcluster.storage import (
-    TRUST_HELP,
     RunDir,
     atomic_write,
     atomic_write_text,
     load_checkpoint,
+    open_run_or_checkpoint,
     read_header,
 )
 from deepcluster.use.run import checkpoint_heads
@@ -111,13 +112,7 @@ def _check_inputs(target: Path, fmt: str, out: Path) -> None:
     """ConfigError naming the format, the run or the output that cannot be used, before any work."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt}: unknown format{closest(fmt, FORMATS)}; choose from {_CHOICES}")
-    run = RunDir(target)
-    if target.is_dir() and not run.config.is_file():
-        raise ConfigError(f"RUN {target}: not a run directory (no config.yaml)")
-    if target.is_dir() and not run.has_checkpoint():
-        raise ConfigError(f"RUN {target}: the run has no checkpoint yet ({run.checkpoint} is missing)")
-    if not target.exists():
-        raise ConfigError(f"RUN {target}: no such run directory or checkpoint file")
+    open_run_or_checkpoint(target, "RUN")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401
@@ -323,7 +318,7 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--format", required=True, metavar="{" + ",".join(FORMATS) + "}", help="file format")
     p.add_argument("--out", required=True, metavar="FILE", help="the file to write (FILE.json beside it)")
     p.add_argument("--with-head", action="store_true", help="also the heads (outputs after the embedding)")
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    add_common_flags(p, trust=True)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from deepcluster.methods.predict import Prediction, top2
 from deepcluster.models import build_backbone
 from deepcluster.models.backbone import Backbone
 from deepcluster.seeding import torch_generator
-from deepcluster.storage import RunDir
+from deepcluster.storage import RunDir, open_run_dir
 from deepcluster.use.images import Batch, ImageLike, as_items, batches_of_items
 from deepcluster.use.search import Hits, RunIndex, open_index
 
@@ -150,13 +150,7 @@ def load(run_dir: str | Path, device: str = "auto", trust_checkpoint: bool = Fal
     """The trained run in `run_dir`: its network (eval mode) on `device` (auto: the run's own when present,
     else the CPU) at the run's precision, its heads and its assigner. Checkpoints load without running code
     (`trust_checkpoint` also loads older formats)."""
-    run = RunDir(run_dir)
-    if not run.root.is_dir():
-        raise ConfigError(f"{run_dir}: no such run directory")
-    if not run.config.is_file():
-        raise ConfigError(f"{run_dir}: no config.yaml there; is it a run directory?")
-    if not run.has_checkpoint():
-        raise ConfigError(f"{run_dir}: the run has no checkpoint yet (it stopped before its first)")
+    run = open_run_dir(run_dir, needs_checkpoint=True)
     config = load_config(run.config, METHODS)
     chosen = resolve_device(config.run.device if device == "auto" else device)
     if chosen.type == "cuda" and not torch.cuda.is_available():
