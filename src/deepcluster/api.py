@@ -82,8 +82,10 @@ def _with_report(result: RunResult, trust_checkpoint: bool = False) -> RunResult
     except Exception as error:  # keep the run, say how to retry
         log.warning(
             "the report could not be built (%s: %s); rebuild it with: deepcluster report %s",
-            type(error).__name__, error, result.run_dir,
-        )  # fmt: skip
+            type(error).__name__,
+            error,
+            result.run_dir,
+        )
         return result
     log.info("report: %s (%.0f s)", page, time.perf_counter() - started)
     return result

@@ -113,9 +113,13 @@ def ivf_lists(n: int) -> int:
 
 
 def build_index(
-    vectors: np.ndarray, kind: str = "auto", seed: int = 0, *, exact_max: int = EXACT_MAX_VECTORS,
+    vectors: np.ndarray,
+    kind: str = "auto",
+    seed: int = 0,
+    *,
+    exact_max: int = EXACT_MAX_VECTORS,
     nlist: int | None = None,
-) -> faiss.Index:  # fmt: skip
+) -> faiss.Index:
     """An inner-product index holding the rows of `vectors` (float32 [N, D], L2-normalised) with ids 0..N-1.
 
     `kind` is one of KINDS; "auto" is "flat" up to `exact_max` rows, else "ivf" (`nlist` lists, default
@@ -285,9 +289,13 @@ def _join(labels: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]) -> np.
 
 
 def duplicate_groups(
-    vectors: np.ndarray, threshold: float, index: faiss.Index | None = None, *,
-    neighbours: int = DUPLICATE_NEIGHBOURS, seed: int = 0,
-) -> list[list[int]]:  # fmt: skip
+    vectors: np.ndarray,
+    threshold: float,
+    index: faiss.Index | None = None,
+    *,
+    neighbours: int = DUPLICATE_NEIGHBOURS,
+    seed: int = 0,
+) -> list[list[int]]:
     """Groups of near-duplicate rows: the connected components (of two rows or more) of the graph whose edges
     join rows with cosine similarity >= `threshold`. Largest group first (ties: smallest first member), rows
     ascending inside each group; rows without a duplicate are left out.

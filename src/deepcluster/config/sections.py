@@ -247,9 +247,10 @@ class OptimConfig:
     )
     min_lr_ratio: float = option(0.0, "cosine floor as a fraction of lr", check=fraction)
     warmup_epochs: float = option(
-        0.0, "linear warm-up of the learning rate from 0 over this many epochs, then the schedule",
+        0.0,
+        "linear warm-up of the learning rate from 0 over this many epochs, then the schedule",
         check=number(0, above=False),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -259,9 +260,12 @@ class RunConfig:
     epochs: int = option(4, "number of epochs", flag="--epochs", check=positive, resumable=True)
     seed: int = option(0, "random seed", flag="--seed", check=_seed)
     device: str = option(
-        "auto", "cpu, cuda, cuda:N or auto (cuda when available)", flag="--device", check=_device_name,
+        "auto",
+        "cpu, cuda, cuda:N or auto (cuda when available)",
+        flag="--device",
+        check=_device_name,
         resumable=True,
-    )  # fmt: skip
+    )
     precision: str = option(
         "auto",
         "fp32, bf16 or auto (bf16 on CPUs with native bf16 and on CUDA GPUs that have it)",
@@ -278,9 +282,11 @@ class RunConfig:
     )
     out: str | None = option(None, "run directory (default runs/<method>-<date>-<time>)", flag="--out")
     checkpoint_every: int = option(
-        100, "steps between mid-epoch checkpoints (0: only at the end of each epoch)", flag="--checkpoint-every",
+        100,
+        "steps between mid-epoch checkpoints (0: only at the end of each epoch)",
+        flag="--checkpoint-every",
         check=whole(0),
-    )  # fmt: skip
+    )
     save_features: bool = option(
         False, "write the last clustering features to features.npy", flag="--save-features"
     )
@@ -305,9 +311,12 @@ class RunConfig:
         resumable=True,
     )
     threads: int | None = option(
-        None, "CPU threads for torch and faiss (default: theirs)", flag="--threads", check=positive_or_none,
+        None,
+        "CPU threads for torch and faiss (default: theirs)",
+        flag="--threads",
+        check=positive_or_none,
         resumable=True,
-    )  # fmt: skip
+    )
     report: bool = option(True, "build the run's HTML report (RUN/report/index.html) when training ends")
     dist_timeout_minutes: float = option(
         180.0,

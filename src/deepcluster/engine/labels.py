@@ -100,9 +100,10 @@ class LabelPhase:
             assignment = self._assign(self._extract(state, state.epoch), seed=seed, last=True)
         if self.procs.is_main and self.data.true_labels is not None:
             log.info(
-                "labels.csv from the trained network after %d epoch(s): %s", state.epoch,
+                "labels.csv from the trained network after %d epoch(s): %s",
+                state.epoch,
                 format_stats(label_metrics(state.labels, assignment.labels, self.data.true_labels)),
-            )  # fmt: skip
+            )
         return assignment
 
     def _method(self) -> ExtractingMethod:

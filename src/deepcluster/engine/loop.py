@@ -124,9 +124,13 @@ class Trainer(Session):
         updating = 0.0  # seconds of label updates inside the loop, not counted as training
         started = time.perf_counter()
         bar = tqdm(
-            total=self.steps_per_epoch, initial=state.step, desc=f"epoch {epoch} train", unit="batch",
-            disable=None if self.progress else True, leave=False,
-        )  # fmt: skip
+            total=self.steps_per_epoch,
+            initial=state.step,
+            desc=f"epoch {epoch} train",
+            unit="batch",
+            disable=None if self.progress else True,
+            leave=False,
+        )
         first = state.step
         parts = [
             torch.as_tensor(indices[procs.batch_part(step, self.batch_size)])

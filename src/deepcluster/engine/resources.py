@@ -134,8 +134,10 @@ class RunResources:
             return "memory"
         log.info(
             "decoded images (%.1f GB) exceed data.memory_limit_gb=%g: streamed (decoded for each batch, no cache; "
-            "data.cache=disk keeps a memory-mapped one)", n_bytes / 1e9, data.memory_limit_gb,
-        )  # fmt: skip
+            "data.cache=disk keeps a memory-mapped one)",
+            n_bytes / 1e9,
+            data.memory_limit_gb,
+        )
         return "stream"
 
     def _stream(self, source: ImageSource, options: dict[str, Any]) -> DecodedImages:

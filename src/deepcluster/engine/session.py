@@ -112,8 +112,9 @@ class Session:
         if self.restarted:
             log.warning(
                 "--resume %s: the run stopped before its first checkpoint; starting it from the beginning with "
-                "its config.yaml", request.run.out,
-            )  # fmt: skip
+                "its config.yaml",
+                request.run.out,
+            )
         procs, device = self.procs, self.precision.device  # config.yaml is there (written by open)
         self.progress = request.run.progress and procs.is_main
         if not self.resume:
@@ -146,9 +147,11 @@ class Session:
         self.method = self.method_class(cfg, device)
         true = self.source.labels
         self.data = RunImages(
-            images=images_on_device(decoded.images, device), indices=decoded.indices, name_of=self.source.name,
+            images=images_on_device(decoded.images, device),
+            indices=decoded.indices,
+            name_of=self.source.name,
             true_labels=None if true is None else np.asarray(true)[decoded.indices],
-        )  # fmt: skip
+        )
         if procs.is_main:
             atomic_write_text(self.run_dir.config, dump_config(cfg))
         self.nets = Networks(cfg, self.method, backbone, procs, device)
@@ -170,17 +173,31 @@ class Session:
                 data.images, data.true_labels, size, self.seed("knn"), self.cluster_view
             )
         self.labeller = LabelPhase(
-            cfg, self.method, self.nets, self.resources, self.data, self.precision,
-            (self.cluster_view, self.train_view), self.progress, self.diverged,
-        )  # fmt: skip
+            cfg,
+            self.method,
+            self.nets,
+            self.resources,
+            self.data,
+            self.precision,
+            (self.cluster_view, self.train_view),
+            self.progress,
+            self.diverged,
+        )
         if self.resume:
             self._load()
         self.resources.open_writer(purge_step=self.state.epoch or None)
         log.info(
-            "run %s: %s on %d images, arch %s at %d px, k=%d, %s/%s, %d steps/epoch", self.run_dir.root, cfg.method,
-            n_images, cfg.model.arch, cfg.data.input_size, cfg.cluster.k, device, self.precision.name,
+            "run %s: %s on %d images, arch %s at %d px, k=%d, %s/%s, %d steps/epoch",
+            self.run_dir.root,
+            cfg.method,
+            n_images,
+            cfg.model.arch,
+            cfg.data.input_size,
+            cfg.cluster.k,
+            device,
+            self.precision.name,
             self.steps_per_epoch,
-        )  # fmt: skip
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -222,8 +239,10 @@ class Session:
         else:
             log.warning(
                 "the run was saved by %d process(es) and resumes on %d: random draws of dropout differ from an "
-                "unbroken run (everything else is seeded by step)", len(rng), self.procs.world_size,
-            )  # fmt: skip
+                "unbroken run (everything else is seeded by step)",
+                len(rng),
+                self.procs.world_size,
+            )
             seed_everything(self.seed("resume", self.procs.rank, self.state.step))
         if self.procs.is_main:
             self.run_dir.write_metrics(self.state.history)

@@ -85,8 +85,10 @@ def fit_data_size(
         batch = per_epoch // processes * processes
         log.warning(
             "optim.batch_size=%d is larger than the %d images an epoch draws; using optim.batch_size=%d",
-            optim.batch_size, per_epoch, batch,
-        )  # fmt: skip
+            optim.batch_size,
+            per_epoch,
+            batch,
+        )
         config = dataclasses.replace(config, optim=dataclasses.replace(optim, batch_size=batch))
     return method.fit_to_data(config, n_images, feature_dim)
 

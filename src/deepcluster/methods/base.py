@@ -71,9 +71,17 @@ def augment_view(config: TrainConfig, size: int, scale: tuple[float, float]) -> 
     aug, data = config.augment, config.data
     blur = aug.blur_prob if size >= BLUR_MIN_SIZE else 0.0
     return TrainView(
-        size, data.mean, data.std, scale=scale, ratio=aug.crop_ratio, flip=aug.flip, color_jitter=aug.color_jitter,
-        grayscale_prob=aug.grayscale_prob, jitter_prob=aug.jitter_prob, blur_prob=blur,
-    )  # fmt: skip
+        size,
+        data.mean,
+        data.std,
+        scale=scale,
+        ratio=aug.crop_ratio,
+        flip=aug.flip,
+        color_jitter=aug.color_jitter,
+        grayscale_prob=aug.grayscale_prob,
+        jitter_prob=aug.jitter_prob,
+        blur_prob=blur,
+    )
 
 
 class Method(ABC):

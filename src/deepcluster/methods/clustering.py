@@ -42,8 +42,13 @@ def fit_clustering(
         return config
     log.warning(
         "cluster.pca_dim=%d is more than PCA whitening can give from %d training rows of %d features (at most "
-        "%d); using cluster.pca_dim=%d", settings.pca_dim, rows, feature_dim, allowed, allowed,
-    )  # fmt: skip
+        "%d); using cluster.pca_dim=%d",
+        settings.pca_dim,
+        rows,
+        feature_dim,
+        allowed,
+        allowed,
+    )
     return dataclasses.replace(config, cluster=dataclasses.replace(settings, pca_dim=allowed))
 
 

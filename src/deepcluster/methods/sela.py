@@ -63,9 +63,10 @@ class SelaConfig:
     """SeLa (Asano et al., 2020): labels from optimal transport with equal-size clusters, several heads."""
 
     heads: int = option(
-        10, "classification heads, each Linear(features, k) with its own labels; the loss is their mean",
+        10,
+        "classification heads, each Linear(features, k) with its own labels; the loss is their mean",
         check=positive,
-    )  # fmt: skip
+    )
     lam: float | None = option(
         None,
         "sharpness lambda of P^lambda (default: 25, or 10 for inputs of at most 96 px, the paper's small-image "
@@ -78,23 +79,27 @@ class SelaConfig:
         check=positive_or_none,
     )
     spacing: str = option(
-        "quadratic", "quadratic (dense early, as in the paper) or linear spacing of the updates",
+        "quadratic",
+        "quadratic (dense early, as in the paper) or linear spacing of the updates",
         check=one_of(*SPACINGS),
-    )  # fmt: skip
+    )
     tolerance: float = option(
-        0.1, "stop Sinkhorn when the column scaling changes by less than this (sum of |old/new - 1|)",
+        0.1,
+        "stop Sinkhorn when the column scaling changes by less than this (sum of |old/new - 1|)",
         check=number(0),
-    )  # fmt: skip
+    )
     check_every: int = option(10, "Sinkhorn iterations between two convergence checks", check=positive)
     max_iters: int = option(1000, "most Sinkhorn iterations", check=positive)
     chunk_mb: float = option(
-        64.0, "rows of P are processed in float64 chunks of about this size; bounds Sinkhorn's working memory",
+        64.0,
+        "rows of P are processed in float64 chunks of about this size; bounds Sinkhorn's working memory",
         check=number(0),
-    )  # fmt: skip
+    )
     view: str = option(
-        "cluster", "which view P is computed on: cluster (centre crop) or train (the augmented crops)",
+        "cluster",
+        "which view P is computed on: cluster (centre crop) or train (the augmented crops)",
         check=one_of(*VIEWS),
-    )  # fmt: skip
+    )
 
 
 class SeLa(ExtractingMethod):
@@ -155,12 +160,18 @@ class SeLa(ExtractingMethod):
         chunk_rows = default_chunk_rows(k, sela.chunk_mb)
         results = [
             sinkhorn_labels(
-                per_head[:, h, :], self.lam, tolerance=sela.tolerance, check_every=sela.check_every,
-                max_iters=sela.max_iters, chunk_rows=chunk_rows, device=device, seed=derive_seed(seed, "head", h),
+                per_head[:, h, :],
+                self.lam,
+                tolerance=sela.tolerance,
+                check_every=sela.check_every,
+                max_iters=sela.max_iters,
+                chunk_rows=chunk_rows,
+                device=device,
+                seed=derive_seed(seed, "head", h),
                 resident_mb=resident_budget_mb(device),
             )
             for h in range(n_heads)
-        ]  # fmt: skip
+        ]
         labels = np.stack([r.labels for r in results], axis=1)
         return Assignment(
             labels=labels,

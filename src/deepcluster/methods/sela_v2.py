@@ -55,9 +55,14 @@ class SeLaV2(V2Method):
         log_probs = torch.log_softmax(scores.double() / self.settings.epsilon, dim=1).numpy()
         k = prototypes.shape[0]
         result = sinkhorn_labels(
-            log_probs, 1.0, tolerance=self.settings.tolerance, chunk_rows=default_chunk_rows(k), device=self.device,
-            seed=derive_seed(seed, "set", index), resident_mb=resident_budget_mb(self.device),
-        )  # fmt: skip
+            log_probs,
+            1.0,
+            tolerance=self.settings.tolerance,
+            chunk_rows=default_chunk_rows(k),
+            device=self.device,
+            seed=derive_seed(seed, "set", index),
+            resident_mb=resident_budget_mb(self.device),
+        )
         stats = {
             "sinkhorn_iters": float(result.iterations),
             "n_empty": cluster_sizes(result.labels, k)["n_empty"],

@@ -127,9 +127,14 @@ class V2Method(ExtractingMethod):
     def build_heads(self, feature_dim: int, assignment: Assignment, generator: torch.Generator) -> nn.Module:
         v2 = self.v2
         return PrototypeHead(
-            feature_dim, assignment.n_classes, v2.n_sets, hidden=v2.hidden, out_dim=v2.out_dim,
-            trainable=self.trainable_prototypes, generator=generator,
-        )  # fmt: skip
+            feature_dim,
+            assignment.n_classes,
+            v2.n_sets,
+            hidden=v2.hidden,
+            out_dim=v2.out_dim,
+            trainable=self.trainable_prototypes,
+            generator=generator,
+        )
 
     def initial_heads(self, feature_dim: int, generator: torch.Generator) -> nn.Module:
         """The first labels cluster projections: the projection head (with random prototypes) comes first."""

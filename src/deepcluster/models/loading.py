@@ -41,9 +41,17 @@ def load_model(target: str | Path, input_size: int | None = None, trusted: bool 
         backbone.load_state_dict(run.load_checkpoint(trusted)["model"])
         resize = int(config.data.resize or size)
         return LoadedModel(
-            backbone, str(config.model.arch), config.model.sobel, size, resize, path,
-            config.data.data, config.data.split, config.data.mean, config.data.std,
-        )  # fmt: skip
+            backbone,
+            str(config.model.arch),
+            config.model.sobel,
+            size,
+            resize,
+            path,
+            config.data.data,
+            config.data.split,
+            config.data.mean,
+            config.data.std,
+        )
     checkpoint = load_checkpoint(
         path, trusted
     )  # ours (any format) or another torch file; no code unless trusted
@@ -66,6 +74,13 @@ def load_model(target: str | Path, input_size: int | None = None, trusted: bool 
     backbone = imported.model
     resize = default_resize(size)
     return LoadedModel(
-        backbone, backbone.arch, backbone.sobel is not None, size, resize, None, None, None,
+        backbone,
+        backbone.arch,
+        backbone.sobel is not None,
+        size,
+        resize,
+        None,
+        None,
+        None,
         report=imported.report.message(),
-    )  # fmt: skip
+    )

@@ -73,8 +73,13 @@ def resnet18(sobel: bool = True, input_size: int = 224) -> ResNetBackbone:
 def resnet18_small(sobel: bool = True, input_size: int = 32) -> ResNetBackbone:
     """The CIFAR-style ResNet-18 (3x3 stride-1 stem, no max-pool) for 16-96 px inputs; it takes crops of any
     size in that range (global pooling), e.g. multi-crop's small ones."""
-    check_input_size("resnet18_small", input_size, MIN_SIZE, SMALL_STEM_MAX_SIZE,
-                     above_hint="; use arch 'resnet18' for larger inputs")  # fmt: skip
+    check_input_size(
+        "resnet18_small",
+        input_size,
+        MIN_SIZE,
+        SMALL_STEM_MAX_SIZE,
+        above_hint="; use arch 'resnet18' for larger inputs",
+    )
     backbone = ResNetBackbone(depth=18, sobel=sobel, input_size=input_size)
     backbone.arch = "resnet18_small"
     return backbone

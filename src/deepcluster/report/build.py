@@ -120,9 +120,18 @@ def _network_sections(
     for stale in (out / "clusters").glob("*.png"):  # an earlier build may have shown other clusters
         stale.unlink()
     grids = cluster_grids(
-        labels, table.indices, embed, thumbs, out, n_clusters=options.clusters, per_cluster=options.per_cluster,
-        true_labels=true, class_names=source.classes, max_members=options.members, seed=options.seed,
-    )  # fmt: skip
+        labels,
+        table.indices,
+        embed,
+        thumbs,
+        out,
+        n_clusters=options.clusters,
+        per_cluster=options.per_cluster,
+        true_labels=true,
+        class_names=source.classes,
+        max_members=options.members,
+        seed=options.seed,
+    )
     k = int(labels.max()) + 1
     sizes = np.bincount(labels, minlength=k)
     sections = [
@@ -146,14 +155,24 @@ def _network_sections(
         sections.append(
             Section("Every cluster", overview, note="Random members of every cluster, largest first.")
         )
-    sections.append(Section("What the filters see", _filter_pictures(backbone, source, table.indices, view,
-                                                                      thumbs, model, out, options)))  # fmt: skip
+    sections.append(
+        Section(
+            "What the filters see",
+            _filter_pictures(backbone, source, table.indices, view, thumbs, model, out, options),
+        )
+    )
     if options.similar > 0:
         pictures = similar_pictures(
             run.root, thumbs, out, options.similar, options.similar_k, options.seed, trusted
         )
-        sections.append(Section("Find similar", pictures, note="Nearest neighbours in the run's search index "
-                                "(RUN/index/, also used by deepcluster search and duplicates)."))  # fmt: skip
+        sections.append(
+            Section(
+                "Find similar",
+                pictures,
+                note="Nearest neighbours in the run's search index "
+                "(RUN/index/, also used by deepcluster search and duplicates).",
+            )
+        )
     return sections
 
 
@@ -179,16 +198,29 @@ def _filter_pictures(
         rel = f"filters/top_{tap}.png"
         pictures.append(
             top_activating_images(
-                backbone, images, view, pictures_of_sample, tap, channels, out / rel, rel,
+                backbone,
+                images,
+                view,
+                pictures_of_sample,
+                tap,
+                channels,
+                out / rel,
+                rel,
                 batch_size=options.batch_size,
             )
-        )  # fmt: skip
+        )
         if options.gradient_ascent:
             rel = f"filters/ascent_{tap}.png"
             pictures.append(
                 gradient_ascent_grid(
-                    backbone, tap, channels, model.input_size, out / rel, rel, steps=options.gradient_steps,
+                    backbone,
+                    tap,
+                    channels,
+                    model.input_size,
+                    out / rel,
+                    rel,
+                    steps=options.gradient_steps,
                     seed=options.seed,
                 )
-            )  # fmt: skip
+            )
     return pictures

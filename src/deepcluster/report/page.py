@@ -277,8 +277,11 @@ def evaluation_block(evaluation: dict, max_clusters: int = 50) -> str:
                 if len(clusters) > len(shown):
                     parts.append(f'<p class="note">The {len(shown)} largest of {len(clusters)} clusters.</p>')
                 columns: list[Column] = [
-                    ("cluster", "cluster"), ("size", "images"), ("dominant", "dominant class"), ("purity", "purity"),
-                ]  # fmt: skip
+                    ("cluster", "cluster"),
+                    ("size", "images"),
+                    ("dominant", "dominant class"),
+                    ("purity", "purity"),
+                ]
                 extra = [
                     key
                     for row in shown

@@ -16,9 +16,14 @@ _DPI = 100
 
 
 def similar_pictures(
-    run_root: Path, thumbs: ThumbnailCache, out: Path, queries: int = 6, k: int = 8, seed: int = 0,
+    run_root: Path,
+    thumbs: ThumbnailCache,
+    out: Path,
+    queries: int = 6,
+    k: int = 8,
+    seed: int = 0,
     trust_checkpoint: bool = False,
-) -> list[Picture]:  # fmt: skip
+) -> list[Picture]:
     """One PNG (out/similar/similar.png): a row per query, the query at the left, then its `k` nearest other
     images, most similar first, with the cosine similarity written under each."""
     index = load(run_root, device="cpu", trust_checkpoint=trust_checkpoint).index()
@@ -43,9 +48,16 @@ def similar_pictures(
     figure = _image_figure(canvas)
     axes, step = figure.axes[0], thumbs.size + gap
     for line, column, score in texts:
-        axes.text(gap + column * step + thumbs.size / 2, gap + line * step + thumbs.size - 2, f"{score:.2f}",
-                  ha="center", va="bottom", fontsize=7, color="white",
-                  bbox={"facecolor": "black", "alpha": 0.55, "pad": 1, "linewidth": 0})  # fmt: skip
+        axes.text(
+            gap + column * step + thumbs.size / 2,
+            gap + line * step + thumbs.size - 2,
+            f"{score:.2f}",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color="white",
+            bbox={"facecolor": "black", "alpha": 0.55, "pad": 1, "linewidth": 0},
+        )
     relative = "similar/similar.png"
     save_figure(figure, out / relative, dpi=_DPI)
     caption = (

@@ -90,9 +90,11 @@ def _rebuild(value: Any, convert: Callable[[Any], Any]) -> Any:
 
 # ------------------------------------------------------------------------------------------------ files
 def save_checkpoint(
-    path: str | os.PathLike[str], state: dict[str, Any], info: dict[str, Any] | None = None,
+    path: str | os.PathLike[str],
+    state: dict[str, Any],
+    info: dict[str, Any] | None = None,
     before_replace: Callable[[], None] | None = None,
-) -> None:  # fmt: skip
+) -> None:
     """Write `state` atomically in the current format; `info` (small JSON; default: where the run stood,
     `position`) goes in the header, readable even when the payload is damaged. `before_replace` runs once the
     new file is complete, just before it takes `path`'s place."""
@@ -207,8 +209,12 @@ def load_run_checkpoint(last: Path, previous: Path, trusted: bool, writable: boo
     reason = str(damaged) if damaged else f"{last} is missing"
     log.warning(
         "%s; using the previous checkpoint %s instead (epoch %d, step %d: %s)",
-        reason, previous, there["epoch"], there["step"], back,
-    )  # fmt: skip
+        reason,
+        previous,
+        there["epoch"],
+        there["step"],
+        back,
+    )
     if writable and damaged is not None:
         os.replace(last, last.with_name("damaged.pt"))
         log.warning("the damaged file is kept as %s", last.with_name("damaged.pt"))

@@ -52,9 +52,12 @@ class RunLock:
                 "%s: took over the lock of %s, which is no longer running", self.path.parent, _describe(stale)
             )
         holder = {
-            "pid": os.getpid(), "host": socket.gethostname(), "command": self.what,
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": " ".join(sys.argv[:6]),
-        }  # fmt: skip
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.what,
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "argv": " ".join(sys.argv[:6]),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode() + b"\n", 0)
         self._fd = fd

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import io
 import json
 import tempfile
@@ -20,30 +19,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepcluster.config import ConfigError, config_from_dict, read_yaml
+from deepcluster.config import ConfigError, config_from_dict
 from deepcluster.config.flags import add_common_flags
 from deepcluster.config.options import closest
 from deepcluster.methods import METHODS
 from deepcluster.models import ClassifierHead, HierarchicalHead, MultiHead, PrototypeHead
-from deepcluster.models.loading import LoadedModel, load_model
+from deepcluster.models.loading import load_model
 from deepcluster.storage import (
     RunDir,
     atomic_write,
     atomic_write_text,
     load_checkpoint,
     open_run_or_checkpoint,
-    read_header,
 )
+from deepcluster.use.export_metadata import BATCH, INPUT_NAME, ONNX_OPSET, export_metadata, metadata_path
 from deepcluster.use.run import checkpoint_heads
 
 FORMATS = ("state_dict", "torchscript", "onnx")
-INPUT_NAME = "images"
-BATCH = "batch"
 """The name of the batch axis (dynamic in the ONNX file)."""
 TOLERANCE = MappingProxyType({"torchscript": 1e-5, "onnx": 1e-4})
 """Largest absolute difference to PyTorch's output that a written file may show on the check batch."""
 CHECK_BATCH = 3
-ONNX_OPSET = 17
 EXTRA_HINT = "pip install deepcluster[export]"
 _CHOICES = ", ".join(FORMATS)
 
@@ -77,11 +73,6 @@ class ExportedNetwork(nn.Module):
         return (embedding, *out) if isinstance(out, tuple) else (embedding, out)
 
 
-def metadata_path(out: str | Path) -> Path:
-    """Where the preprocessing of the exported file `out` is written: OUT.json."""
-    return Path(out).with_name(Path(out).name + ".json")
-
-
 def export_run(
     run_dir: str | Path, fmt: str, out: str | Path, with_head: bool = False, trusted: bool = False
 ) -> Path:
@@ -102,7 +93,7 @@ def export_run(
             check = _save_torchscript(out, network, model.input_size, names)
         else:
             check = _save_onnx(out, network, model.input_size, names)
-    info = _metadata(target, fmt, out, model, network, names, head_info, check)
+    info = export_metadata(target, fmt, out, model, network.backbone.feature_dim, names, head_info, check)
     atomic_write_text(metadata_path(out), json.dumps(info, indent=2) + "\n")
     return out
 
@@ -229,9 +220,15 @@ def _save_onnx(out: Path, network: nn.Module, input_size: int, names: list[str])
     axes = {name: {0: BATCH} for name in [INPUT_NAME, *names]}
     with _quiet():
         torch.onnx.export(
-            network, (x[:2],), buffer, dynamo=False, input_names=[INPUT_NAME], output_names=names,
-            dynamic_axes=axes, opset_version=ONNX_OPSET,
-        )  # fmt: skip
+            network,
+            (x[:2],),
+            buffer,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=names,
+            dynamic_axes=axes,
+            opset_version=ONNX_OPSET,
+        )
     data = buffer.getvalue()
     onnx.checker.check_model(onnx.load_from_string(data))
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -242,69 +239,6 @@ def _save_onnx(out: Path, network: nn.Module, input_size: int, names: list[str])
 
 
 # ------------------------------------------------------------------------------------------------ OUT.json
-def _version() -> str:
-    """The installed package's version (`deepcluster.__version__` sits on the floor above)."""
-    try:
-        return importlib.metadata.version("deepcluster")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _source(target: Path, model: LoadedModel, method: str | None) -> dict[str, Any]:
-    """The run (or checkpoint file), its method and where the run stood when the checkpoint was saved."""
-    run, checkpoint = (RunDir(target) if target.is_dir() else None), target
-    if run is not None:
-        checkpoint = run.checkpoint if run.checkpoint.is_file() else run.previous_checkpoint
-        method = method or read_yaml(run.config).get("method")
-    header = read_header(checkpoint) or {}
-    where = {"path": str(target.resolve()), "kind": "run" if run else "checkpoint", "method": method}
-    steps = {key: header.get(key) for key in ("epoch", "step", "global_step")}
-    return {**where, "checkpoint": str(checkpoint.resolve()), **steps, "data": model.data}
-
-
-def _preprocessing(model: LoadedModel) -> dict[str, Any]:
-    """What the cluster view does (data/decode.py, then data/views.py `ClusterView`), in that order."""
-    size, resize = model.input_size, model.resize
-    return {
-        "steps": [
-            "load the image as RGB (grayscale repeated to 3 channels, transparency composited on white)",
-            f"resize the shorter side to {resize} px (bilinear, antialiased)",
-            f"centre crop {size} x {size} (offsets round((side - {size}) / 2))",
-            "uint8 to float32, divide by 255 (range [0, 1])",
-            "per channel: subtract mean, divide by std",
-            f"stack as NCHW float32 [batch, 3, {size}, {size}]",
-        ],
-        "color_order": "RGB", "layout": "NCHW", "dtype": "float32",
-        "resize": resize, "resize_interpolation": "bilinear", "antialias": True,
-        "crop": "center", "input_size": size, "scale": 1 / 255, "range": [0.0, 1.0],
-        "mean": list(model.mean), "std": list(model.std),
-        "sobel_in_network": bool(model.sobel),  # when True the network filters the normalised RGB itself
-    }  # fmt: skip
-
-
-def _metadata(
-    target: Path, fmt: str, out: Path, model: LoadedModel, network: ExportedNetwork, names: list[str],
-    head: dict[str, Any] | None, check: dict[str, Any] | None,
-) -> dict[str, Any]:  # fmt: skip
-    size, dim = model.input_size, int(network.backbone.feature_dim)
-    shapes = [[BATCH, dim], *(head["shapes"] if head else [])]
-    info: dict[str, Any] = {
-        "format": fmt, "file": out.name, "deepcluster_version": _version(), "torch_version": torch.__version__,
-        "arch": model.arch, "embedding_dim": dim, "sobel": bool(model.sobel), "input_size": size,
-        "inputs": [{"name": INPUT_NAME, "shape": [BATCH, 3, size, size], "dtype": "float32"}],
-        "outputs": [{"name": n, "shape": s, "dtype": "float32"} for n, s in zip(names, shapes, strict=True)],
-        "preprocessing": _preprocessing(model), "source": _source(target, model, head and head["method"]),
-        "head": head,
-    }  # fmt: skip
-    if fmt == "state_dict":
-        layout = "backbone state_dict" if head is None else "{backbone: state_dict, heads: state_dict}"
-        build = f"build_backbone({model.arch!r}, sobel={bool(model.sobel)}, input_size={size})"
-        info["state_dict"] = {"layout": layout, "load": "torch.load(FILE, weights_only=True)", "into": build}
-    if fmt == "onnx":
-        info["onnx"] = {"opset": ONNX_OPSET, "batch_axis": 0, "exporter": "torch.onnx, dynamo=False"}
-    return {**info, "check": check} if check is not None else info
-
-
 # ------------------------------------------------------------------------------------------------ CLI
 def add_export_parser(commands: argparse._SubParsersAction) -> None:
     """`deepcluster export RUN --format F --out FILE [--with-head] [--trust-checkpoint]`."""

@@ -86,10 +86,14 @@ def batches_of_items(
     """`items` decoded `batch_size` at a time; an unreadable one raises ConfigError (`strict`) or is skipped."""
     for start in range(0, len(items), batch_size):
         yield _decode(
-            ((start + i, _name(item, start + i), lambda item=item: to_pil(item))
-             for i, item in enumerate(items[start : start + batch_size])),
-            resize, input_size, strict,
-        )  # fmt: skip
+            (
+                (start + i, _name(item, start + i), lambda item=item: to_pil(item))
+                for i, item in enumerate(items[start : start + batch_size])
+            ),
+            resize,
+            input_size,
+            strict,
+        )
 
 
 def batches_of_source(source: ImageSource, resize: int, input_size: int, batch_size: int) -> Iterator[Batch]:
@@ -97,9 +101,11 @@ def batches_of_source(source: ImageSource, resize: int, input_size: int, batch_s
     for start in range(0, len(source), batch_size):
         stop = min(start + batch_size, len(source))
         yield _decode(
-            ((i, source.name(i), lambda i=i: source.load(i)) for i in range(start, stop)), resize, input_size,
+            ((i, source.name(i), lambda i=i: source.load(i)) for i in range(start, stop)),
+            resize,
+            input_size,
             strict=False,
-        )  # fmt: skip
+        )
 
 
 def _decode(entries: Iterable[tuple[int, str, Any]], resize: int, input_size: int, strict: bool) -> Batch:

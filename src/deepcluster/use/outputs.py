@@ -69,9 +69,12 @@ def names_file(out: Path) -> Path:
 
 
 def write_embeddings(
-    run: TrainedRun, source: ImageSource, out: str | os.PathLike[str], layer: str | None = None,
+    run: TrainedRun,
+    source: ImageSource,
+    out: str | os.PathLike[str],
+    layer: str | None = None,
     progress: bool = True,
-) -> tuple[int, list[tuple[str, str]]]:  # fmt: skip
+) -> tuple[int, list[tuple[str, str]]]:
     """One L2-normalised embedding per readable image of `source` into `out`: `.npy` (float32 [N, D]) with its
     names in `.names.txt`, or `.parquet` (columns index, image, embedding). Returns (rows, skipped)."""
     out = Path(out)
@@ -84,9 +87,13 @@ def write_embeddings(
 
 
 def write_npy(
-    run: TrainedRun, source: ImageSource, out: Path, layer: str | None = None, progress: bool = True,
+    run: TrainedRun,
+    source: ImageSource,
+    out: Path,
+    layer: str | None = None,
+    progress: bool = True,
     what: str = "embed",
-) -> tuple[list[str], list[int], list[tuple[str, str]]]:  # fmt: skip
+) -> tuple[list[str], list[int], list[tuple[str, str]]]:
     """The embeddings of `source`'s readable images as float32 [N, D] into `out` (.npy, atomically, streamed
     through a scratch file beside it). Returns their names, their source indices and the skipped images."""
     names: list[str] = []

@@ -9,7 +9,7 @@
 
 Why whitened (the DeepCluster paper's preprocessing for clustering, and the usual one for retrieval): a ReLU
 network's raw embeddings all lie in one orthant, so unrelated images already have cosine 0.95 (median over
-pairs in tests/test_search.py's run) and a copy cannot stand out. Centring alone helps there, not enough on real
+pairs in tests/use/test_search.py's run) and a copy cannot stand out. Centring alone helps there, not enough on real
 photos: measured on 2,000 training images of each set with 2-minute runs (benchmarks/use.py; at the threshold
 that lets 5 of the 2 million pairs of distinct images through), Imagenette's half-size, JPEG q50 and half-size
 q75 copies are found 29 %, 55 % and 25 % of the time centred, 92 %, 100 % and 83 % whitened to 256 dimensions
@@ -115,7 +115,7 @@ def whitening_for(n: int, dim: int) -> PCAWhitening:
     """The index's whitening for N embeddings of D dimensions: PCA-whitening to min(256, D, N / 8) dimensions,
     so that each is fitted on 8 rows or more; under `MIN_WHITENED` of them (a few hundred images), centring
     only (all min(D, N - 1) principal axes, not scaled: the same cosines as the centred embeddings), since too
-    few whitened dimensions join unrelated images (tests/test_search.py's 62 images: 7 dimensions made a false
+    few whitened dimensions join unrelated images (tests/use/test_search.py's 62 images: 7 dimensions made a false
     pair and missed a resized copy); no PCA at all under 2 images."""
     kept = min(WHITENED_DIMS, dim, n // ROWS_PER_DIM)
     if kept >= MIN_WHITENED:
@@ -161,8 +161,12 @@ def _read_existing(folder: Path, wanted: dict[str, Any]) -> tuple[RunIndex | Non
         indices = np.load(folder / "rows.npy", allow_pickle=False)
     except (OSError, ValueError) as error:
         return None, f"its files are damaged ({error})"
-    for key, what in (("format", "an older format"), ("checkpoint", "the network trained on since"),
-                      ("data", "another data set"), ("kind", "another kind")):  # fmt: skip
+    for key, what in (
+        ("format", "an older format"),
+        ("checkpoint", "the network trained on since"),
+        ("data", "another data set"),
+        ("kind", "another kind"),
+    ):
         if info.get(key) != wanted[key]:
             return None, f"it was built for {what}"
     if not (
@@ -222,9 +226,21 @@ def _build(
     vectors = np.load(folder / "vectors.npy", mmap_mode="r")
     index = faiss_index.build_index(vectors, wanted["kind"], seed)
     faiss_index.save_index(index, folder / "index.faiss")
-    info = {**wanted, "rows": len(names), "dim": int(vectors.shape[1]), "embedding_dim": whitening.input_dim,
-            "built_kind": faiss_index.kind_of(index), "seed": seed, "skipped": len(skipped)}  # fmt: skip
+    info = {
+        **wanted,
+        "rows": len(names),
+        "dim": int(vectors.shape[1]),
+        "embedding_dim": whitening.input_dim,
+        "built_kind": faiss_index.kind_of(index),
+        "seed": seed,
+        "skipped": len(skipped),
+    }
     atomic_write_text(folder / "index.json", json.dumps(info, indent=1) + "\n")
-    log.info("indexed %d images of %s (%s, %d dimensions)", len(names), source.description,
-             info["built_kind"], info["dim"])  # fmt: skip
+    log.info(
+        "indexed %d images of %s (%s, %d dimensions)",
+        len(names),
+        source.description,
+        info["built_kind"],
+        info["dim"],
+    )
     return RunIndex(folder, names, np.asarray(indices, dtype=np.int64), vectors, whitening, index, info)

@@ -49,9 +49,12 @@ def _safe(load: Callable[[], Image.Image]) -> Image.Image | None:
 
 
 def write_search_page(
-    path: str | os.PathLike[str], title: str, hits: Hits, query_images: list[Callable[[], Image.Image]],
+    path: str | os.PathLike[str],
+    title: str,
+    hits: Hits,
+    query_images: list[Callable[[], Image.Image]],
     indexed_image: Callable[[int], Image.Image],
-) -> None:  # fmt: skip
+) -> None:
     """Write the page of `hits` to `path` (atomically): `query_images[q]()` gives query q's picture and
     `indexed_image(i)` the picture of the data source's image i."""
     rows = []

@@ -99,14 +99,16 @@ class ShardSource(ImageSource):
         for number, path in enumerate(self.shards):
             samples = self._scan(path)
             labels = [sample["label"] for sample in samples]
-            tables.append({
-                "shard": np.full(len(samples), number, dtype=np.int32),
-                "offset": np.array([sample["offset"] for sample in samples], dtype=np.int64),
-                "size": np.array([sample["size"] for sample in samples], dtype=np.int64),
-                "name": np.array([sample["name"].encode() for sample in samples], dtype=np.bytes_),
-                "label": np.array([-1 if c is None else c for c in labels], dtype=np.int64),
-                "labelled": np.array([c is not None for c in labels], dtype=bool),
-            })  # fmt: skip
+            tables.append(
+                {
+                    "shard": np.full(len(samples), number, dtype=np.int32),
+                    "offset": np.array([sample["offset"] for sample in samples], dtype=np.int64),
+                    "size": np.array([sample["size"] for sample in samples], dtype=np.int64),
+                    "name": np.array([sample["name"].encode() for sample in samples], dtype=np.bytes_),
+                    "label": np.array([-1 if c is None else c for c in labels], dtype=np.int64),
+                    "labelled": np.array([c is not None for c in labels], dtype=bool),
+                }
+            )
             for sample in samples:
                 if sample["label"] is not None and sample["class_name"]:
                     class_names.setdefault(sample["label"], set()).add(sample["class_name"])
@@ -146,12 +148,15 @@ class ShardSource(ImageSource):
             if "offset" not in sample:
                 continue  # a sample without an image (metadata only): nothing to train on
             label = next((sample[c] for c in CLASS_MEMBERS if c in sample), None)
-            found.append({
-                "offset": sample["offset"], "size": sample["size"],
-                "name": sample.get("name") or f"{path.name}:{key}",
-                "label": int(label) if label is not None and label.lstrip("-").isdigit() else None,
-                "class_name": sample.get(CLASS_NAME_MEMBER),
-            })  # fmt: skip
+            found.append(
+                {
+                    "offset": sample["offset"],
+                    "size": sample["size"],
+                    "name": sample.get("name") or f"{path.name}:{key}",
+                    "label": int(label) if label is not None and label.lstrip("-").isdigit() else None,
+                    "class_name": sample.get(CLASS_NAME_MEMBER),
+                }
+            )
         return found
 
     def __len__(self) -> int:

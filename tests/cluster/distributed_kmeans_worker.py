@@ -1,5 +1,5 @@
-"""Worker of tests/test_distributed_kmeans.py, run under torchrun (gloo, CPU): python -m torch.distributed.run
---standalone --nproc_per_node=2 tests/distributed_kmeans_worker.py OUT_DIR.
+"""Worker of tests/cluster/test_distributed_kmeans.py, run under torchrun (gloo, CPU): python -m torch.distributed.run
+--standalone --nproc_per_node=2 tests/cluster/distributed_kmeans_worker.py OUT_DIR.
 
 Every rank fits the distributed k-means, fill and PCA on its shard of fixed matrices (built by the functions
 below, which the test also uses for its single-process references) and writes what it got to

@@ -17,6 +17,7 @@ from PIL import Image
 import deepcluster
 from deepcluster.api import train
 from deepcluster.cli import main
+from deepcluster.report.build import ReportOptions, build_report
 from deepcluster.storage import load_checkpoint, save_checkpoint
 from synthetic import small_config
 
@@ -153,8 +154,6 @@ def test_bad_inputs_are_named(
 
 
 def test_the_report_shows_nearest_neighbours_from_the_index(run_dir: Path) -> None:
-    from deepcluster.report.build import ReportOptions, build_report
-
     page = build_report(run_dir, ReportOptions(similar=3, similar_k=4)).read_text()
     assert "Find similar" in page and "similar/similar.png" in page
     with Image.open(run_dir / "report" / "similar" / "similar.png") as picture:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import deepcluster
@@ -81,8 +82,6 @@ def test_label_transfer_assigns_with_its_head(runs: dict[str, Path]) -> None:
     assert prediction.score_name == "probability" and prediction.labels.shape == (160, 1)
     assert np.all((prediction.score >= prediction.runner_score) & (prediction.score <= 1.0))
     assert (prediction.labels[:, 0] == given).mean() > 0.5  # the head learned its labels (chance: 1/4)
-    import torch
-
     batch = next(run.batches(images[:10])).images
     with torch.no_grad(), run.precision.autocast():
         logits = run.heads(run.backbone(run.view(batch).contiguous(memory_format=torch.channels_last)))
@@ -107,8 +106,6 @@ def test_embed_gives_the_features_the_run_computed(runs: dict[str, Path], tmp_pa
 
 
 def test_images_come_as_paths_pil_arrays_and_tensors(runs: dict[str, Path], tmp_path: Path) -> None:
-    import torch
-
     run = deepcluster.load(runs["deepcluster-v2"])
     images, _ = pattern_images(3)
     path = tmp_path / "a.png"

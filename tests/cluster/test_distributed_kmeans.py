@@ -1,6 +1,6 @@
 """Tests for deepcluster.cluster.distributed: k-means, empty-cluster filling and PCA over sharded rows.
 
-Two processes run tests/distributed_kmeans_worker.py under torchrun (gloo, CPU) once per module; their
+Two processes run tests/cluster/distributed_kmeans_worker.py under torchrun (gloo, CPU) once per module; their
 results are compared with the single-process functions on the whole matrices here.
 """
 

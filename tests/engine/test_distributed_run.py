@@ -21,10 +21,12 @@ import torch
 from deepcluster import load_config
 from deepcluster.config import apply_overrides
 from deepcluster.engine.distributed import Processes, shard_range
-from deepcluster.methods import build_method
+from deepcluster.engine.loop import Trainer
+from deepcluster.methods import Assignment, build_method
+from deepcluster.models import build_backbone
 from deepcluster.seeding import derive_seed
 from deepcluster.storage import RunDir, load_checkpoint
-from synthetic import torchrun, write_pattern_npz
+from synthetic import small_config, torchrun, write_pattern_npz
 
 N_IMAGES = 160
 SEED = 3
@@ -143,9 +145,6 @@ def test_method_on_two_processes_agrees_with_one(
 
 
 def test_a_single_process_run_sets_up_nothing_distributed(data: Path, tmp_path: Path) -> None:
-    from deepcluster.engine.loop import Trainer
-    from synthetic import small_config
-
     assert "WORLD_SIZE" not in os.environ
     trainer = Trainer(small_config(data, tmp_path / "run", run={"epochs": 1}, optim={"epoch_size": 64}))
     result = trainer.fit()
@@ -159,9 +158,6 @@ def test_a_single_process_run_sets_up_nothing_distributed(data: Path, tmp_path: 
 def test_v2_on_two_processes_fills_one_bank_and_agrees_with_one(
     data: Path, tmp_path: Path, method: str
 ) -> None:
-    from deepcluster.methods import Assignment
-    from deepcluster.models import build_backbone
-
     run, section = tmp_path / method, method.replace("-", "_")
     done = _train(
         data, run, "--method", method,  # alexnet_small_gap: large 16 px and small 8 px crops

@@ -16,9 +16,13 @@ from deepcluster import preset_config
 from deepcluster.api import train
 from deepcluster.cluster.knn import weighted_knn_accuracy
 from deepcluster.config import OptimConfig, apply_overrides
+from deepcluster.data.decode import decode_images
+from deepcluster.data.sources import open_source
+from deepcluster.data.views import ClusterView
 from deepcluster.engine.loop import lr_factor
 from deepcluster.engine.optimizers import LARS, make_optimizer
 from deepcluster.models import build_backbone, takes_any_input_size
+from deepcluster.seeding import derive_seed
 from synthetic import small_config, write_pattern_npz
 
 
@@ -63,17 +67,12 @@ def test_a_method_s_starting_settings_sit_under_the_preset_and_the_user_s() -> N
 
 
 def test_the_knn_monitor_is_the_k_nn_of_the_embedding_on_its_sample(npz_data: Path, tmp_path: Path) -> None:
-    from deepcluster.data.sources import open_source
-
     # fp32: the expected value below is computed in fp32 (under bf16 one neighbour can change places)
     run = {"epochs": 1, "knn_monitor": 100, "precision": "fp32"}
     result = train(small_config(npz_data, tmp_path / "run", run=run))
     # the pattern archive has labels: the monitor ran, on a fixed sample of 100 of the 160 images
     knn = result.history[0]["knn_true"]
     config = result.config
-    from deepcluster.data.decode import decode_images
-    from deepcluster.data.views import ClusterView
-
     source = open_source(str(npz_data))
     images = decode_images(source, config.data.resize, inner_size=config.data.input_size).images
     rows = np.sort(np.random.default_rng(_knn_seed(config)).choice(160, size=100, replace=False))
@@ -88,8 +87,6 @@ def test_the_knn_monitor_is_the_k_nn_of_the_embedding_on_its_sample(npz_data: Pa
 
 
 def _knn_seed(config) -> int:
-    from deepcluster.seeding import derive_seed
-
     return derive_seed(config.run.seed, "knn")
 
 
