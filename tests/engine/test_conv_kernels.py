@@ -11,7 +11,7 @@ import torch
 from deepcluster import load_config
 from deepcluster.api import resume, train
 from deepcluster.config import ConfigError
-from deepcluster.config.sections import CONV_KERNELS
+from deepcluster.config.run import CONV_KERNELS
 from deepcluster.engine.conv_kernels import conv_layers, expand_kernels, measure_kernels, use_kernels
 from deepcluster.engine.loop import Trainer
 from deepcluster.models import build_backbone

@@ -132,9 +132,14 @@ def test_output_shape_and_interface(
 
 def test_registry_keys_and_flat_sizes(models: ModelGetter) -> None:
     assert set(ARCHITECTURES) == {
-        "alexnet", "alexnet_small", "alexnet_small_gap", "vgg16", "vgg16_small", "resnet18", "resnet18_small",
-        "resnet50",
+        "alexnet", "alexnet_small", "alexnet_small_gap", "alexnet_small_gap_half", "alexnet_small_gap_double",
+        "vgg16", "vgg16_small", "resnet18", "resnet18_small", "resnet50",
     }  # fmt: skip
+    half, double = models("alexnet_small_gap_half", 32), models("alexnet_small_gap_double", 32)
+    assert (half.arch, half.feature_dim, double.arch, double.feature_dim) == (
+        "alexnet_small_gap_half", 128, "alexnet_small_gap_double", 512,
+    )  # fmt: skip
+    assert half.features[0].out_channels == 48 and double.features[0].out_channels == 192
     assert models("alexnet", 224).flat_dim == 256 * 6 * 6
     assert models("alexnet_small", 32).flat_dim == 256 * 2 * 2
     assert models("alexnet_small", 16).flat_dim == 256 * 2 * 2

@@ -21,19 +21,16 @@ from deepcluster.config.options import (
     positive_or_none,
     whole,
 )
+from deepcluster.config.run import RunConfig
 
 SMALL_INPUT_LIMIT = 96
 """Inputs of at most this many pixels are "small images": their own size, small-input models, SeLa's lambda 10."""
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "cosine")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
 PCA_BACKENDS = ("auto", "numpy", "torch")
 OPTIMIZERS = ("sgd", "lars")
-CONV_KERNELS = ("onednn", "nnpack")
-SEED_MAX = 2**63 - 1
-"""The largest run seed (torch's and the derived seeds' 63 bits)."""
 
 
 def default_resize(input_size: int) -> int:
@@ -44,33 +41,6 @@ def default_resize(input_size: int) -> int:
 
 def _all_positive(values: Any) -> str | None:
     return None if all(v > 0 for v in values) else "every value must be > 0"
-
-
-def _seed(value: Any) -> str | None:
-    return (
-        None
-        if whole(0)(value) is None and value <= SEED_MAX
-        else "must be a whole number from 0 to 2**63 - 1"
-    )
-
-
-def _off_or_two(value: Any) -> str | None:
-    return None if value == 0 or whole(2)(value) is None else "must be 0 (off) or a whole number >= 2"
-
-
-def _device_name(value: Any) -> str | None:
-    ok = isinstance(value, str) and (value in ("auto", "cpu", "cuda") or value.startswith("cuda:"))
-    return None if ok else "choose cpu, cuda, cuda:N or auto"
-
-
-def cpu_conv_names(value: str) -> list[str]:
-    """The kernel names of a `run.cpu_conv` value: one, or a comma-separated list (one per convolution)."""
-    return [name.strip() for name in value.split(",")]
-
-
-def _cpu_conv(value: Any) -> str | None:
-    ok = value == "measure" or all(name in CONV_KERNELS for name in cpu_conv_names(str(value)))
-    return None if ok else "choose onednn, nnpack, measure, or a comma-separated list of onednn and nnpack"
 
 
 CACHES = ("auto", "memory", "disk", "stream")
@@ -157,8 +127,11 @@ class AugmentConfig:
     jitter_prob: float = option(1.0, "share of the crops whose colours are jittered", check=fraction)
     blur_prob: float = option(
         0.0,
-        "share of the crops blurred by a Gaussian (inputs of at least 96 px only, as SwAV)",
+        "share of the crops blurred by a Gaussian (crops of at least augment.blur_min_size px only)",
         check=fraction,
+    )
+    blur_min_size: int = option(
+        96, "crops smaller than this are never blurred (SwAV's rule: blur hurts small images)", check=positive
     )
 
 
@@ -174,6 +147,13 @@ class ModelConfig:
         flag="--arch",
     )
     sobel: bool = option(True, "feed Sobel-filtered grayscale (off: RGB)", flag="--no-sobel")
+    first_conv: str = option(
+        "random",
+        "the first convolution's filters at the start: random, patches (whitening filters of the training images' "
+        "patches, as in Coates and Ng 2011 and fast CIFAR training: the top principal directions, each scaled to "
+        "unit variance, with their negatives; then trained) or patches_frozen (kept fixed)",
+        check=one_of("random", "patches", "patches_frozen"),
+    )
 
 
 @dataclass
@@ -209,6 +189,24 @@ class ClusterConfig:
         None,
         "epochs between two clusterings (default: the method's own, e.g. DeepCluster 1, DeeperCluster 3)",
         check=positive_or_none,
+    )
+    label_every: int | None = option(
+        None,
+        "training steps between two label updates (default: at the start of every cluster.recluster_every-th "
+        "epoch; SeLa spreads sela.updates instead)",
+        check=positive_or_none,
+    )
+    hold_labels: float = option(
+        0.0,
+        "share of the run's steps during which the first labels are kept: updates scheduled before it are "
+        "skipped",
+        check=fraction,
+    )
+    label_view: str = option(
+        "color",
+        "what the labelling passes see: color (the cluster view) or grayscale (colour hidden from the labels; "
+        "training still sees colour)",
+        check=one_of("color", "grayscale"),
     )
     distributed_kmeans: bool = option(
         False,
@@ -250,79 +248,6 @@ class OptimConfig:
         0.0,
         "linear warm-up of the learning rate from 0 over this many epochs, then the schedule",
         check=number(0, above=False),
-    )
-
-
-@dataclass
-class RunConfig:
-    """Everything about the run that is not the method."""
-
-    epochs: int = option(4, "number of epochs", flag="--epochs", check=positive, resumable=True)
-    seed: int = option(0, "random seed", flag="--seed", check=_seed)
-    device: str = option(
-        "auto",
-        "cpu, cuda, cuda:N or auto (cuda when available)",
-        flag="--device",
-        check=_device_name,
-        resumable=True,
-    )
-    precision: str = option(
-        "auto",
-        "fp32, bf16 or auto (bf16 on CPUs with native bf16 and on CUDA GPUs that have it)",
-        flag="--precision",
-        check=one_of(*PRECISIONS),
-    )
-    cpu_conv: str = option(
-        "onednn",
-        "forward kernel of the backbone's convolutions on the CPU in fp32: onednn, nnpack (stride-1 layers "
-        "in batches of 16 or more; im2col + GEMM for the others), one of them per convolution (comma-separated), "
-        "or measure: time both on each layer at set-up and keep the faster (config.yaml records the list)",
-        flag="--cpu-conv",
-        check=_cpu_conv,
-    )
-    out: str | None = option(None, "run directory (default runs/<method>-<date>-<time>)", flag="--out")
-    checkpoint_every: int = option(
-        100,
-        "steps between mid-epoch checkpoints (0: only at the end of each epoch)",
-        flag="--checkpoint-every",
-        check=whole(0),
-    )
-    save_features: bool = option(
-        False, "write the last clustering features to features.npy", flag="--save-features"
-    )
-    progress: bool = option(
-        True,
-        "progress bars (on a terminal only: a redirected log gets none)",
-        flag="--no-progress",
-        resumable=True,
-    )
-    knn_monitor: int = option(
-        2000,
-        "each epoch, weighted k-NN (k 20, leave-one-out) of the true classes on the method's embedding of this "
-        "many images (a fixed sample), logged as knn_true; for evaluation only, when the data has labels (0: off)",
-        check=_off_or_two,
-    )
-    max_minutes: float | None = option(
-        None,
-        "time budget: stop before an epoch that would end past this many minutes (the schedule still spans "
-        "epochs); unset: run every epoch",
-        flag="--max-minutes",
-        check=number(0, optional=True),
-        resumable=True,
-    )
-    threads: int | None = option(
-        None,
-        "CPU threads for torch and faiss (default: theirs)",
-        flag="--threads",
-        check=positive_or_none,
-        resumable=True,
-    )
-    report: bool = option(True, "build the run's HTML report (RUN/report/index.html) when training ends")
-    dist_timeout_minutes: float = option(
-        180.0,
-        "under torchrun: how long a process waits for the others in one collective (the first process "
-        "decodes and clusters while the others wait)",
-        check=number(0),
     )
 
 

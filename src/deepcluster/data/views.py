@@ -31,6 +31,10 @@ def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> 
     return x.sub_(mean_t).div_(std_t)
 
 
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights of R, G, B."""
+
+
 def _normalize_255(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """`_normalize(x / 255, mean, std)` for `x` in [0, 255], in place: a scale and a shift per channel."""
     scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
@@ -58,6 +62,8 @@ class ClusterView:
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    grayscale: bool = False
+    """Hide colour: every pixel's luma (ITU-R 601 weights) in all three channels, before the normalisation."""
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, S, S] -> float32 [B, 3, input_size, input_size]."""
@@ -68,7 +74,11 @@ class ClusterView:
             top = center_crop_offsets(images.shape[-2], self.input_size)
             left = center_crop_offsets(size, self.input_size)
             images = images[..., top : top + self.input_size, left : left + self.input_size]
-        return _normalize_255(images.float(), self.mean, self.std)
+        pixels = images.float()
+        if self.grayscale:
+            luma = torch.tensor(LUMA, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+            pixels = (pixels * luma).sum(dim=1, keepdim=True).repeat(1, 3, 1, 1)
+        return _normalize_255(pixels, self.mean, self.std)
 
 
 def sample_crop_boxes(

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from deepcluster.config import ConfigError, TrainConfig
-from deepcluster.config.sections import cpu_conv_names
+from deepcluster.config.run import cpu_conv_names
 from deepcluster.engine.device import Precision
 from deepcluster.engine.distributed import Processes
 from deepcluster.models.backbone import frozen_eval

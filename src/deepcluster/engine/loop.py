@@ -27,11 +27,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from deepcluster.config import OptimConfig, TrainConfig
+from deepcluster.config import OptimConfig, TrainConfig, dump_config
 from deepcluster.data.stream import batches
+from deepcluster.engine.budget import (
+    Costs,
+    counted_updates,
+    describe,
+    plan_budget,
+    planned_config,
+    time_steps,
+)
 from deepcluster.engine.labels import format_stats
 from deepcluster.engine.session import Session
 from deepcluster.methods import METHODS
+from deepcluster.storage import atomic_write_text
 
 log = logging.getLogger("deepcluster")
 
@@ -84,9 +93,9 @@ class Trainer(Session):
         try:
             self.setup()
             started = time.perf_counter()
+            if self.config.run.max_minutes and not self.config.run.budget_plan:
+                self._plan_budget(started)
             for epoch in range(self.state.epoch, self.config.run.epochs):
-                if self._out_of_time(started):
-                    break
                 self._train_epoch(epoch)
                 self._finish_epoch(epoch)
                 self.save()
@@ -224,19 +233,50 @@ class Trainer(Session):
             self.resources.write_scalars(ordered, epoch)
         log.info("epoch %d done: %s", epoch, format_stats(ordered))
 
-    def _out_of_time(self, started: float) -> bool:
-        """True when `run.max_minutes` is set and one more epoch (as long as the last) would overrun it (the
-        main process's clock decides for all)."""
-        budget = self.config.run.max_minutes
-        if budget is None or self.state.step > 0:
-            return False
-        history = self.state.history
-        projected = (
-            time.perf_counter() - started + (float(history[-1].get("seconds", 0.0)) if history else 0.0)
+    def _plan_budget(self, started: float) -> None:
+        """Fit the schedule to `run.max_minutes` (engine/budget.py): make the first labels, time them, a few
+        steps, the k-NN monitor and a checkpoint, then set the epochs and epoch size that end within the budget
+        (the settings and config.yaml record the plan)."""
+        cfg, state, procs = self.config, self.state, self.procs
+        if self.resume:  # stopped between its first checkpoint and its plan: the epochs as given
+            log.warning("the run stopped before its time budget was planned; it continues with run.epochs")
+            return
+        began = time.perf_counter()
+        self._run_due_updates(0)  # the first labels (every schedule starts with them), and a checkpoint
+        update = time.perf_counter() - began
+        assert state.labels is not None and self.nets.heads is not None
+        step = time_steps(
+            self.method,
+            self.nets.backbone,
+            self.nets.heads,
+            self.train_view,
+            self.precision,
+            self.data.images,
+            torch.as_tensor(state.labels),
+            self.batch_size // procs.world_size,
+            cfg,
         )
-        if self.procs.broadcast_object(projected <= budget * 60):
-            return False
-        log.info(
-            "stopping before epoch %d: the next epoch would end past %.1f minutes", self.state.epoch, budget
+        began = time.perf_counter()
+        if self.monitor is not None:
+            self.monitor.measure(self.nets, self.precision, self.batch_size)
+        epoch_end = (
+            time.perf_counter()
+            - began
+            + update
+            - state.record.get("seconds_extract", 0.0)
+            - state.record.get("seconds_assign", 0.0)
         )
-        return True
+        costs = Costs(spent=time.perf_counter() - started, step=step, update=update, epoch_end=epoch_end)
+        plan = None
+        if procs.is_main:
+            steps_per_pass = max(1, len(self.data.indices) // self.batch_size)
+            plan = plan_budget(cfg.run.max_minutes * 60, costs, steps_per_pass, counted_updates(self.method))
+        plan = procs.broadcast_object(plan)
+        line = describe(plan, cfg.run.max_minutes, costs)
+        log.info("time budget: %s", line)
+        self.config = cfg = planned_config(cfg, plan, self.batch_size, line)
+        self.steps_per_epoch = plan.steps_per_epoch
+        self.schedule = self.method.label_update_steps(self.steps_per_epoch, cfg.run.epochs)
+        if procs.is_main:
+            atomic_write_text(self.run_dir.config, dump_config(cfg))
+        self.save()

@@ -3,16 +3,20 @@ every label update for most methods), each wrapped for DistributedDataParallel u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.data.stream import batches
 from deepcluster.engine.distributed import Processes
 from deepcluster.engine.optimizers import make_optimizer
 from deepcluster.methods import Assignment, Method
-from deepcluster.models import build_backbone
+from deepcluster.models import build_backbone, channels_last
+from deepcluster.models.backbone import frozen_eval
+from deepcluster.models.init import whitening_filters
 from deepcluster.seeding import derive_seed, torch_generator
 
 
@@ -25,6 +29,40 @@ def new_backbone(config: TrainConfig) -> nn.Module:
         raise ConfigError(
             f"--arch {model.arch} at --input-size {config.data.input_size}: {error} (model.arch, data.input_size)"
         ) from error
+
+
+FIRST_CONV_IMAGES = 2048
+"""Images whose patches make the first convolution's whitening filters (`model.first_conv`)."""
+
+
+def first_conv_from_data(
+    backbone: nn.Module,
+    images: Any,
+    view: Callable[[torch.Tensor], torch.Tensor],
+    mode: str,
+    seed: int,
+    fresh: bool,
+) -> None:
+    """`model.first_conv`: on a fresh run, the first trained convolution's filters become whitening filters of
+    its inputs on a seeded sample of the images (`models.init.whitening_filters`); `patches_frozen` keeps them
+    fixed (on a resume too)."""
+    if mode == "random":
+        return
+    conv = next(m for m in backbone.modules() if isinstance(m, nn.Conv2d) and m.weight.requires_grad)
+    if fresh:
+        generator = torch_generator(seed)
+        n = len(images)
+        rows = torch.randperm(n, generator=generator)[: min(n, FIRST_CONV_IMAGES)].sort().values
+        seen: list[torch.Tensor] = []
+        hook = conv.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach().float()))
+        with frozen_eval(backbone), torch.no_grad():
+            for sample in batches(images, [rows.to(images.device)]):
+                backbone(channels_last(view(sample.cpu())))
+        hook.remove()
+        whitening_filters(torch.cat(seen).cpu(), conv, generator)
+    if mode == "patches_frozen":
+        for parameter in conv.parameters():
+            parameter.requires_grad_(False)
 
 
 def _sgd(parameters: Any, lr: float, config: TrainConfig) -> torch.optim.Optimizer:

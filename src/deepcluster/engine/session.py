@@ -21,7 +21,7 @@ from deepcluster.engine.device import Precision, images_on_device
 from deepcluster.engine.distributed import Processes
 from deepcluster.engine.labels import LabelPhase
 from deepcluster.engine.monitor import KnnMonitor
-from deepcluster.engine.networks import Networks, new_backbone
+from deepcluster.engine.networks import Networks, first_conv_from_data, new_backbone
 from deepcluster.engine.resources import RunImages, RunResources
 from deepcluster.engine.setup import fit_data_size, refuse_before_data, resolve_config, run_device
 from deepcluster.engine.state import LoopState, TrainingDiverged, checkpoint_state, loop_state, rng_states
@@ -154,8 +154,16 @@ class Session:
         )
         if procs.is_main:
             atomic_write_text(self.run_dir.config, dump_config(cfg))
-        self.nets = Networks(cfg, self.method, backbone, procs, device)
         self.cluster_view = ClusterView(cfg.data.input_size, cfg.data.mean, cfg.data.std)
+        first_conv_from_data(
+            backbone,
+            self.data.images,
+            self.cluster_view,
+            cfg.model.first_conv,
+            self.seed("first-conv"),
+            fresh=not self.resume,
+        )
+        self.nets = Networks(cfg, self.method, backbone, procs, device)
         self.train_view = self.method.train_view()
         epoch_size = cfg.optim.epoch_size or n_images
         self.batch_size = min(cfg.optim.batch_size, epoch_size)
@@ -172,6 +180,9 @@ class Session:
             self.monitor = KnnMonitor(
                 data.images, data.true_labels, size, self.seed("knn"), self.cluster_view
             )
+        label_view = ClusterView(
+            cfg.data.input_size, cfg.data.mean, cfg.data.std, cfg.cluster.label_view == "grayscale"
+        )
         self.labeller = LabelPhase(
             cfg,
             self.method,
@@ -179,7 +190,7 @@ class Session:
             self.resources,
             self.data,
             self.precision,
-            (self.cluster_view, self.train_view),
+            (label_view, self.train_view),
             self.progress,
             self.diverged,
         )

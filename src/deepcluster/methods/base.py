@@ -23,9 +23,6 @@ from deepcluster.data.views import ClusterView, TrainView
 from deepcluster.methods.predict import Prediction
 from deepcluster.models import channels_last
 
-BLUR_MIN_SIZE = 96
-"""Crops smaller than this are never blurred (SwAV's rule: blur helps at ImageNet sizes, hurts small images)."""
-
 View = Callable[[torch.Tensor, torch.Generator], Any]
 """A train view: uint8 images [B, 3, S, S] and a generator -> the network's input (a tensor, or a list of
 crops for multi-crop methods)."""
@@ -69,7 +66,7 @@ def primary_labels(labels: np.ndarray) -> np.ndarray:
 def augment_view(config: TrainConfig, size: int, scale: tuple[float, float]) -> TrainView:
     """The `augment` section's train view, cropping `scale` of the image area to `size` pixels."""
     aug, data = config.augment, config.data
-    blur = aug.blur_prob if size >= BLUR_MIN_SIZE else 0.0
+    blur = aug.blur_prob if size >= aug.blur_min_size else 0.0
     return TrainView(
         size,
         data.mean,
@@ -136,8 +133,9 @@ class Method(ABC):
     def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
         """Sorted global steps before which labels are assigned; `epochs * steps_per_epoch` means after the last.
 
-        Default: at the start of every `cluster.recluster_every`-th epoch (every epoch when unset)."""
-        return epoch_starts(steps_per_epoch, epochs, self.config.cluster.recluster_every or 1)
+        Default: `regular_updates` at the start of every `cluster.recluster_every`-th epoch (every epoch when
+        unset), or every `cluster.label_every` steps."""
+        return regular_updates(self.config, steps_per_epoch, epochs, self.config.cluster.recluster_every or 1)
 
     def initial_assignment(
         self, indices: np.ndarray, name_of: Callable[[int], str], seed: int
@@ -250,9 +248,15 @@ class ExtractingMethod(Method):
         return Assignment(labels=labels, n_classes=assignment.n_classes, stats=stats, state=assignment.state)
 
 
-def epoch_starts(steps_per_epoch: int, epochs: int, every: int) -> list[int]:
-    """The first global step of every `every`-th epoch."""
-    return [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every == 0]
+def regular_updates(config: TrainConfig, steps_per_epoch: int, epochs: int, every_epochs: int) -> list[int]:
+    """Label updates at the first step of every `every_epochs`-th epoch, or every `cluster.label_every` steps;
+    those inside the first `cluster.hold_labels` share of the run's steps (but the first) skipped."""
+    cluster, total = config.cluster, steps_per_epoch * epochs
+    if cluster.label_every:
+        steps = list(range(0, total, cluster.label_every))
+    else:
+        steps = [epoch * steps_per_epoch for epoch in range(epochs) if epoch % every_epochs == 0]
+    return [step for step in steps if step == 0 or step >= cluster.hold_labels * total]
 
 
 def cluster_sizes(labels: np.ndarray, k: int) -> dict[str, int]:

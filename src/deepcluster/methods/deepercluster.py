@@ -21,7 +21,7 @@ from deepcluster.config import ConfigError, TrainConfig, option
 from deepcluster.config.options import positive
 from deepcluster.data.rotations import N_ROTATIONS, encode_targets, rotate_quarter_turns
 from deepcluster.data.samplers import hierarchical_cluster_sample
-from deepcluster.methods.base import Assignment, ExtractingMethod, epoch_starts
+from deepcluster.methods.base import Assignment, ExtractingMethod, regular_updates
 from deepcluster.methods.clustering import fit_clustering, kmeans_fit, whiten
 from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state
 from deepcluster.models import HierarchicalHead, channels_last
@@ -81,8 +81,10 @@ class DeeperCluster(ExtractingMethod):
         return N_ROTATIONS if self.config.deepercluster.rotations else 1
 
     def label_update_steps(self, steps_per_epoch: int, epochs: int) -> list[int]:
-        """Every `cluster.recluster_every`-th epoch: every 3rd when unset, the paper's T."""
-        return epoch_starts(steps_per_epoch, epochs, self.config.cluster.recluster_every or RECLUSTER_EVERY)
+        """Every `cluster.recluster_every`-th epoch (every 3rd when unset, the paper's T), or every
+        `cluster.label_every` steps."""
+        every = self.config.cluster.recluster_every or RECLUSTER_EVERY
+        return regular_updates(self.config, steps_per_epoch, epochs, every)
 
     @classmethod
     def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:

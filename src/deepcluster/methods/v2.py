@@ -42,7 +42,22 @@ class V2Config:
     hidden: int = option(
         2048, "width of the projection head's hidden layer (0: one linear layer)", check=whole(0)
     )
-    out_dim: int = option(128, "size of the L2-normalised projection", check=positive)
+    out_dim: int = option(
+        128,
+        "size of the L2-normalised projection (0: no projection head, z is the normalised embedding)",
+        check=whole(0),
+    )
+    online: bool = option(
+        False,
+        "each step's targets are the nearest prototype (in each set) of the step's own large-crop projections, "
+        "as in online deep clustering; the prototypes are re-estimated at every label update",
+    )
+    variance_weight: float = option(
+        0.0,
+        "weight of a variance term against collapse (as VICReg): the mean over projection dimensions of "
+        "max(0, 1/sqrt(d) - std), over a step's large crops",
+        check=number(0, above=False),
+    )
     n_large: int = option(2, "large crops per image (random resized crops at the input size)", check=positive)
     n_small: int = option(4, "small crops per image", check=whole(0))
     small_size: int | None = option(
@@ -130,8 +145,8 @@ class V2Method(ExtractingMethod):
             feature_dim,
             assignment.n_classes,
             v2.n_sets,
-            hidden=v2.hidden,
-            out_dim=v2.out_dim,
+            hidden=v2.hidden if v2.out_dim else 0,
+            out_dim=v2.out_dim or None,
             trainable=self.trainable_prototypes,
             generator=generator,
         )
@@ -158,11 +173,17 @@ class V2Method(ExtractingMethod):
         by_size = groupby(x, key=lambda crop: crop.shape[-1])
         parts = [heads(backbone(channels_last(torch.cat(list(same))))) for _, same in by_size]
         z, scores = (torch.cat(out).unflatten(0, (len(x), x[0].shape[0])) for out in zip(*parts, strict=True))
+        if self.v2.online:  # the nearest prototype of the large crops' mean projection, in each set
+            labels = scores[: self.v2.n_large].detach().float().mean(dim=0).argmax(dim=-1)
         return (z[: self.v2.n_large], scores), labels
 
     def loss(self, outputs: tuple[torch.Tensor, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-        """Mean over crops and sets of the cross-entropy of score / T against the image's label in the set."""
-        return v2_loss(outputs[1], targets, self.v2.temperature)
+        """Mean over crops and sets of the cross-entropy of score / T against the image's label in the set (plus
+        `variance_weight` times the variance term of the large crops' projections)."""
+        loss = v2_loss(outputs[1], targets, self.v2.temperature)
+        if self.v2.variance_weight:
+            loss = loss + self.v2.variance_weight * variance_term(outputs[0].flatten(0, 1))
+        return loss
 
     @classmethod
     def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
@@ -260,6 +281,13 @@ def unit_rows(values: np.ndarray) -> np.ndarray:
 def prototypes_of(state: dict[str, Any]) -> np.ndarray:
     """The sets' prototypes [n_sets, k, d] of an assignment's state (runs before 0.1's renaming: "centroids")."""
     return state["prototypes"] if "prototypes" in state else state["centroids"]
+
+
+def variance_term(z: torch.Tensor) -> torch.Tensor:
+    """VICReg's variance hinge for unit vectors z [N, d]: the mean over dimensions of max(0, 1/sqrt(d) - std),
+    zero when every dimension spreads as much as uniformly scattered unit vectors do."""
+    target = z.shape[1] ** -0.5
+    return torch.relu(target - torch.sqrt(z.float().var(dim=0) + 1e-8)).mean()
 
 
 def v2_loss(scores: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -45,7 +45,9 @@ class AlexNetBN(ConvFCBackbone):
     before pooling).
     """
 
-    def __init__(self, sobel: bool = True, input_size: int = 224, small: bool = False) -> None:
+    def __init__(
+        self, sobel: bool = True, input_size: int = 224, small: bool = False, width: float = 1.0
+    ) -> None:
         arch = "alexnet_small" if small else "alexnet"
         if small:
             check_input_size(
@@ -69,7 +71,8 @@ class AlexNetBN(ConvFCBackbone):
         layers: list[nn.Module] = []
         self.tap_index = {}
         channels, size = self.in_channels, input_size
-        specs = zip(_conv_specs(small, input_size), CONV_WIDTHS, strict=True)
+        widths = [max(1, round(w * width)) for w in CONV_WIDTHS]
+        specs = zip(_conv_specs(small, input_size), widths, strict=True)
         for i, ((kernel, stride, padding, pool_after), width) in enumerate(specs):
             layers += [
                 nn.Conv2d(channels, width, kernel_size=kernel, stride=stride, padding=padding),
@@ -109,16 +112,22 @@ class AlexNetGAP(AlexNetBN):
     embedding (conv5's channels) for any input size, so multi-crop's small crops pass at their own size, and no
     FC cost (about a fifth of the small AlexNet's FLOPs at 32 px). Taps as AlexNet's."""
 
-    def __init__(self, sobel: bool = True, input_size: int = 32) -> None:
-        super().__init__(sobel=sobel, input_size=input_size, small=True)
+    def __init__(self, sobel: bool = True, input_size: int = 32, width: float = 1.0) -> None:
+        super().__init__(sobel=sobel, input_size=input_size, small=True, width=width)
         self.arch = "alexnet_small_gap"
         self.classifier = nn.Sequential()
-        self.feature_dim = CONV_WIDTHS[-1]
+        self.feature_dim = max(1, round(CONV_WIDTHS[-1] * width))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
 
 
-def alexnet_small_gap(sobel: bool = True, input_size: int = 32) -> AlexNetGAP:
-    """The small AlexNet's conv layers with global average pooling (16-96 px, crops of any size)."""
-    return AlexNetGAP(sobel=sobel, input_size=input_size)
+def alexnet_small_gap(sobel: bool = True, input_size: int = 32, width: float = 1.0) -> AlexNetGAP:
+    """The small AlexNet's conv layers with global average pooling (16-96 px, crops of any size); `width`
+    scales every layer's channels (`alexnet_small_gap_half`, `_double`)."""
+    network = AlexNetGAP(sobel=sobel, input_size=input_size, width=width)
+    if width != 1.0:
+        network.arch = {0.5: "alexnet_small_gap_half", 2.0: "alexnet_small_gap_double"}.get(
+            width, network.arch
+        )
+    return network

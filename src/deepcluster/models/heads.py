@@ -135,7 +135,8 @@ class PrototypeHead(nn.Module):
     """The v2 methods' top (SwAV paper): a projection MLP to an L2-normalised embedding z, and `n_sets` sets of
     `k` unit-norm prototypes scoring it by cosine similarity.
 
-    Projection: Linear(in_dim, hidden), BatchNorm1d, ReLU, Linear(hidden, out_dim) (hidden 0: one Linear).
+    Projection: Linear(in_dim, hidden), BatchNorm1d, ReLU, Linear(hidden, out_dim) (hidden 0: one Linear;
+    out_dim None: none, z is the normalised embedding).
     Prototypes ``[n_sets, k, out_dim]`` are a parameter; `trainable=False` freezes them (DeepCluster-v2 sets
     them to the centroids of a spherical k-means and never trains them). The linear layers are initialised
     like torch's default but drawing from `generator` only. ``forward`` returns (z [B, out_dim], scores
@@ -148,24 +149,25 @@ class PrototypeHead(nn.Module):
         k: int,
         n_sets: int,
         hidden: int = 2048,
-        out_dim: int = 128,
+        out_dim: int | None = 128,
         trainable: bool = False,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        for name, value in (("in_dim", in_dim), ("k", k), ("n_sets", n_sets), ("out_dim", out_dim)):
+        for name, value in (("in_dim", in_dim), ("k", k), ("n_sets", n_sets), ("out_dim", out_dim or in_dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"PrototypeHead: {name} must be a positive integer, got {value!r}")
         layers: list[nn.Module] = []
-        if hidden:
+        if hidden and out_dim:
             layers += [
                 _seeded_linear(in_dim, hidden, generator),
                 nn.BatchNorm1d(hidden),
                 nn.ReLU(inplace=True),
             ]
-        layers.append(_seeded_linear(hidden or in_dim, out_dim, generator))
-        self.projection = nn.Sequential(*layers)
-        start = torch.randn(n_sets, k, out_dim, generator=generator)
+        if out_dim:
+            layers.append(_seeded_linear(hidden or in_dim, out_dim, generator))
+        self.projection = nn.Sequential(*layers)  # empty: the identity
+        start = torch.randn(n_sets, k, out_dim or in_dim, generator=generator)
         self.prototypes = nn.Parameter(nn.functional.normalize(start, dim=-1), requires_grad=trainable)
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from deepcluster.models.sobel import Sobel
@@ -40,3 +41,29 @@ def init_deepcluster_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
     for child in module.children():
         init_deepcluster_weights(child)
+
+
+def whitening_filters(
+    inputs: torch.Tensor, conv: nn.Conv2d, generator: torch.Generator, patches: int = 100_000
+) -> int:
+    """Set `conv`'s filters to whitening filters of its `inputs` [N, C, H, W] (what it sees): for the top
+    principal directions v of up to `patches` random k x k input patches (variance l), the filters
+    v / sqrt(l + eps) and their negatives, so that each responds with unit variance (eps: 1 % of the mean
+    variance); bias 0. Filters beyond twice the patch dimension keep their weights. Draws only from
+    `generator`. Returns how many filters were set."""
+    k_h, k_w = conv.kernel_size
+    unfolded = nn.functional.unfold(inputs.float(), (k_h, k_w))  # [N, C*k*k, L]
+    columns = unfolded.transpose(1, 2).reshape(-1, unfolded.shape[1])
+    picked = torch.randperm(columns.shape[0], generator=generator)[:patches]
+    rows = columns[picked].double()
+    rows = rows - rows.mean(dim=0)
+    variance, directions = torch.linalg.eigh(rows.T @ rows / max(1, len(rows) - 1))  # ascending
+    half = min(conv.out_channels // 2, rows.shape[1])
+    eps = 0.01 * float(variance.mean())
+    top = directions[:, -half:].flip(1) / torch.sqrt(variance[-half:].flip(0) + eps)  # [C*k*k, half]
+    filters = torch.cat([top.T, -top.T]).to(conv.weight.dtype).reshape(2 * half, *conv.weight.shape[1:])
+    with torch.no_grad():
+        conv.weight[: 2 * half] = filters
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return 2 * half

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import MappingProxyType
 
 from deepcluster.config import ConfigError
@@ -23,6 +24,8 @@ ARCHITECTURES: Mapping[str, Callable[..., Backbone]] = MappingProxyType(
         "alexnet": alexnet_bn,
         "alexnet_small": alexnet_bn_small,
         "alexnet_small_gap": alexnet_small_gap,
+        "alexnet_small_gap_half": partial(alexnet_small_gap, width=0.5),
+        "alexnet_small_gap_double": partial(alexnet_small_gap, width=2.0),
         "vgg16": vgg16_bn,
         "vgg16_small": vgg16_bn_small,
         "resnet18": resnet18,
@@ -59,7 +62,7 @@ def check_arch(arch: str | None) -> None:
 def takes_any_input_size(arch: str) -> bool:
     """True when the architecture pools globally before its output (ResNets), so that one network takes crops
     of several sizes; AlexNet and VGG have FC layers sized for one input."""
-    return arch.endswith("_gap") or not arch.startswith(_SIZED_FAMILIES)
+    return "_gap" in arch or not arch.startswith(_SIZED_FAMILIES)
 
 
 def default_arch_for(input_size: int, family: str = "alexnet") -> str:

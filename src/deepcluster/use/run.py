@@ -7,6 +7,7 @@ and what puts new images into its clusters (RUN/assigner.pt).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,12 @@ class TrainedRun:
         return ClusterView(int(data.input_size), tuple(data.mean), tuple(data.std))  # type: ignore[arg-type]
 
     @property
+    def label_view(self) -> ClusterView:
+        """The view the run's labels were made on (`cluster.label_view`: colour hidden or not)."""
+        grayscale = self.config.cluster.label_view == "grayscale"
+        return dataclasses.replace(self.view, grayscale=grayscale)
+
+    @property
     def resize(self) -> int:
         return int(self.config.data.resize or self.config.data.input_size)
 
@@ -65,8 +72,8 @@ class TrainedRun:
         )
 
     # ------------------------------------------------------------ per batch
-    def _forward(self, forward: Any, images: torch.Tensor) -> np.ndarray:
-        return extract_features(forward, images, self.view, self.batch_size, self.precision)
+    def _forward(self, forward: Any, images: torch.Tensor, view: ClusterView | None = None) -> np.ndarray:
+        return extract_features(forward, images, view or self.view, self.batch_size, self.precision)
 
     def embed_batch(self, images: torch.Tensor, layer: str | None = None) -> np.ndarray:
         """float32 [B, D] L2-normalised: the backbone's embedding, or conv tap `layer` average-pooled."""
@@ -86,7 +93,8 @@ class TrainedRun:
         """Each image's cluster in every label set of the run, with its score and the runner-up."""
         method = self.method
         if isinstance(method, ExtractingMethod) and self.assigner is not None:
-            values = self._forward(lambda x: method.extract(self.backbone, self.heads, x), images)
+            extract = lambda x: method.extract(self.backbone, self.heads, x)  # noqa: E731
+            values = self._forward(extract, images, self.label_view)
             return method.predict(values, self.assigner["state"])
         if self.heads is None:
             raise ConfigError(
