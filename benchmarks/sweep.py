@@ -22,9 +22,12 @@ first line, and the sweep goes on.
 
 Records are appended to PREFIX.jsonl (default benchmarks/results/sweep-<date>) as they come; (data set,
 configuration, seed) entries already there are skipped, so a stopped sweep resumes, and configurations
-appended to the YAML later run next time (--retry-failed runs failed entries again). After the list: ranks by
-the trained k-NN on the embedding averaged over the data sets, trains the best three with every further seed
-of --seeds, and writes PREFIX.md (one row per configuration; the CPU, precision, minutes and command above).
+appended to the YAML later run next time (--retry-failed runs failed entries again; the minutes are not part
+of the key: use another --out for another budget). The entry being trained when the sweep is stopped runs again
+from the start; stop the sweep with Ctrl-C or by killing its process group (the run is a child process).
+After the list: ranks by the trained k-NN on the embedding averaged over the data sets, trains the best three
+with every further seed of --seeds, and writes PREFIX.md (one row per configuration; the CPU, precision,
+minutes and command above).
 """
 
 from __future__ import annotations
