@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from deepcluster import config as settings
-from deepcluster.config import ConfigError, TrainConfig
+from deepcluster.config import ConfigError, RunConfig, TrainConfig, resumable_options, setting_differences
 from deepcluster.engine.loop import RunResult, StepCallback, Trainer
 from deepcluster.methods import METHODS
-from deepcluster.storage import open_run_dir
+from deepcluster.storage import RunDir, open_run_dir, read_header
 
 log = logging.getLogger("deepcluster")
 
@@ -37,8 +37,55 @@ def load_config(path: str | os.PathLike[str]) -> TrainConfig:
 
 
 def train(config: TrainConfig, on_step: StepCallback | None = None) -> RunResult:
-    """Train `config` from scratch into `config.run.out`, then build its report (`run.report`)."""
+    """Train `config` from scratch into `config.run.out`, then build its report (`run.report`). With
+    `run.auto_resume`, a run of the same settings already in `run.out` is continued instead (`--resume`), or,
+    when it has finished, left as it is."""
+    if config.run.auto_resume and config.run.out is not None:
+        continued = _continue(config, on_step)
+        if continued is not None:
+            return continued
     return _with_report(Trainer(config, on_step=on_step).fit())
+
+
+def _continue(config: TrainConfig, on_step: StepCallback | None) -> RunResult | None:
+    """`--auto-resume`: the run in `config.run.out` continued (or, finished, read back), None when there is none
+    to continue (no checkpoint yet: start it); ConfigError naming the settings that differ from its own."""
+    run = RunDir(str(config.run.out))
+    if not run.has_checkpoint():
+        return None
+    if not run.request.is_file():
+        raise ConfigError(
+            f"--auto-resume: {run.root} holds a run without request.yaml (made by an older version), so its "
+            f"settings cannot be compared with these; resume it with --resume {run.root} or choose another --out"
+        )
+    asked, before = METHODS.complete(config), load_config(run.request)
+    differences = setting_differences(before, asked)
+    if differences:
+        raise ConfigError(
+            f"--auto-resume: {run.root} holds a run of other settings ({'; '.join(differences)}); resume it "
+            "with its own command, or choose another --out"
+        )
+    changed = {  # what a resume may change, where this command asks for something else than the run's did
+        name: getattr(asked.run, name)
+        for name in resumable_options(RunConfig)
+        if name != "out" and getattr(asked.run, name) != getattr(before.run, name)
+    }
+    reached = int((read_header(run.checkpoint) or {}).get("epoch", -1))
+    if "epochs" not in changed and run.labels_csv.is_file() and reached >= load_config(run.config).run.epochs:
+        log.info("%s: the run has finished already (--auto-resume): nothing to do", run.root)
+        return finished_run(run)
+    log.info("%s: continuing the run there (--auto-resume)", run.root)
+    return resume(run.root, on_step=on_step, **changed)
+
+
+def finished_run(run: RunDir) -> RunResult:
+    """What a finished run left: its labels.csv, history, settings and trained backbone."""
+    from deepcluster.models.loading import load_model
+
+    table = run.read_labels()
+    config = load_config(run.config)
+    backbone = load_model(run.root).backbone
+    return RunResult(run.root, table.labels[:, 0], table.indices, run.read_history(), backbone, config)
 
 
 def resume_config(run_dir: str | Path, epochs: int | None = None, **run_overrides: Any) -> TrainConfig:

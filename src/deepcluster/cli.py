@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     from deepcluster.data.sources import DataError
     from deepcluster.engine.state import TrainingDiverged
+    from deepcluster.engine.stop import PREEMPTED_EXIT, Preempted
     from deepcluster.storage import DISK_FULL_ERRNOS, WriteFailed
 
     try:
@@ -233,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as error:
         print(f"deepcluster: training diverged: {error}", file=sys.stderr)
         return 3
+    except Preempted as error:
+        print(f"deepcluster: {error}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except OSError as error:  # a write that failed: WriteFailed names its file; space and size errors too
         if not (isinstance(error, WriteFailed) or error.errno in DISK_FULL_ERRNOS):
             raise

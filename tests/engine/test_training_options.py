@@ -19,8 +19,7 @@ from deepcluster.config import OptimConfig, apply_overrides
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import open_source
 from deepcluster.data.views import ClusterView
-from deepcluster.engine.loop import lr_factor
-from deepcluster.engine.optimizers import LARS, make_optimizer
+from deepcluster.engine.optimizers import LARS, lr_factor, make_optimizer
 from deepcluster.models import build_backbone, takes_any_input_size
 from deepcluster.seeding import derive_seed
 from synthetic import small_config, write_pattern_npz

@@ -40,6 +40,8 @@ from deepcluster.config.train import (
     preset_config,
     preset_method,
     read_yaml,
+    resumable_options,
+    setting_differences,
 )
 
 __all__ = [
@@ -73,5 +75,7 @@ __all__ = [
     "preset_config",
     "preset_method",
     "read_yaml",
+    "resumable_options",
+    "setting_differences",
     "section_options",
 ]

@@ -3,6 +3,7 @@ checkpoints, outputs)."""
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,12 @@ def _seed(value: Any) -> str | None:
 
 def _off_or_two(value: Any) -> str | None:
     return None if value == 0 or whole(2)(value) is None else "must be 0 (off) or a whole number >= 2"
+
+
+def _signal_names(value: Any) -> str | None:
+    names = [name.strip().upper() for name in str(value).split(",") if name.strip()]
+    unknown = [name for name in names if f"SIG{name}" not in signal.Signals.__members__]
+    return f"unknown signal(s) {', '.join(unknown)}; e.g. TERM,USR1 (or empty: none)" if unknown else None
 
 
 def _device_name(value: Any) -> str | None:
@@ -102,6 +109,20 @@ class RunConfig:
         None,
         "the plan run.max_minutes made (written by the run with run.epochs and optim.epoch_size; a run whose "
         "settings have one keeps it instead of timing again)",
+    )
+    stop_signals: str = option(
+        "TERM,USR1",
+        "signals that stop the run at the next step with a checkpoint of that step (a cluster's pre-emption: "
+        "SIGTERM, SLURM's --signal=USR1@120), exit code 75; comma-separated, empty: none",
+        check=_signal_names,
+        resumable=True,
+    )
+    auto_resume: bool = option(
+        False,
+        "when --out holds a run of the same settings, continue it (as --resume would; one that finished exits "
+        "saying so), else start it: a requeued job's unchanged command goes on",
+        flag="--auto-resume",
+        resumable=True,
     )
     threads: int | None = option(
         None,

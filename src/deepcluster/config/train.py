@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from deepcluster.config.options import ConfigError, check_section, closest, coerce, plain
+from deepcluster.config.options import ConfigError, check_section, closest, coerce, option_info, plain
 from deepcluster.config.sections import (
     CORE_SECTIONS,
     AugmentConfig,
@@ -203,6 +203,32 @@ def config_from_dict(
         known = {"method", "preset", *config.section_names()}
         raw = {key: value for key, value in raw.items() if key in known}
     return apply_overrides(config, raw, origin=origin)
+
+
+def resumable_options(section: type) -> list[str]:
+    """The options of a settings section that a resume may change."""
+    return [item.name for item in fields(section) if option_info(item).resumable]
+
+
+def setting_differences(before: TrainConfig, now: TrainConfig) -> list[str]:
+    """`section.option: before -> now` for every setting that differs, apart from those a resume may change
+    and `run.out` (empty: the same run's settings)."""
+    old, new = before.to_dict(), now.to_dict()
+    differences = [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in ("method", "preset")
+        if old.get(key) != new.get(key)
+    ]
+    for name in sorted(set(old) | set(new) - {"method", "preset"}):
+        if name in ("method", "preset"):
+            continue
+        kind = type(now.section(name)) if name in new else type(before.section(name))
+        free = {*resumable_options(kind), *(["out"] if name == "run" else [])}
+        a, b = old.get(name) or {}, new.get(name) or {}
+        for key in sorted(set(a) | set(b)):
+            if key not in free and a.get(key) != b.get(key):
+                differences.append(f"{name}.{key}: {a.get(key)!r} -> {b.get(key)!r}")
+    return differences
 
 
 def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -140,11 +140,15 @@ class Processes:
 
     def mean(self, value: float) -> float:
         """The mean of `value` over the processes."""
+        return self.mean_and_any(value, False)[0]
+
+    def mean_and_any(self, value: float, flag: bool) -> tuple[float, bool]:
+        """The mean of `value` over the processes, and whether any process's `flag` is set (one all-reduce)."""
         if not self.distributed:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+            return value, flag
+        tensor = torch.tensor([value, float(flag)], dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
-        return float(tensor) / self.world_size
+        return float(tensor[0]) / self.world_size, bool(tensor[1] > 0)
 
     def gather_rows(
         self, shard: np.ndarray, n_total: int, allocate: Callable[[int, int], np.ndarray]

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from deepcluster.config import OptimConfig, TrainConfig, dump_config
+from deepcluster.config import TrainConfig, dump_config
 from deepcluster.data.stream import batches
 from deepcluster.engine.budget import (
     Costs,
@@ -38,7 +38,9 @@ from deepcluster.engine.budget import (
     time_steps,
 )
 from deepcluster.engine.labels import format_stats
+from deepcluster.engine.optimizers import lr_factor
 from deepcluster.engine.session import Session
+from deepcluster.engine.stop import Preempted, StopRequests
 from deepcluster.methods import METHODS
 from deepcluster.storage import atomic_write_text
 
@@ -61,19 +63,6 @@ class RunResult:
 StepCallback = Callable[["Trainer"], None]
 
 
-def lr_factor(optim: OptimConfig, epochs: int, steps_per_epoch: int, epoch: int, step: int) -> float:
-    """The learning rate's multiple at a step of a run of `epochs` epochs: linear warm-up over
-    `optim.warmup_epochs`, then constant or cosine (over the whole run) down to `optim.min_lr_ratio`."""
-    now = epoch * steps_per_epoch + step
-    warmup = optim.warmup_epochs * steps_per_epoch
-    if now < warmup:
-        return (now + 1) / (warmup + 1)
-    if optim.schedule == "constant":
-        return 1.0
-    progress = now / max(1, epochs * steps_per_epoch)
-    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 class Trainer(Session):
     """Runs one configuration end to end, or resumes it from its run directory."""
 
@@ -86,9 +75,15 @@ class Trainer(Session):
     ) -> None:
         super().__init__(config, resume, METHODS, trust_checkpoint)
         self.on_step = on_step
+        self.stops = StopRequests()
 
     def fit(self) -> RunResult:
-        """Run (or continue) every epoch, then write labels.csv; returns labels and the trained backbone."""
+        """Run (or continue) every epoch, then write labels.csv; returns labels and the trained backbone. A stop
+        signal (`run.stop_signals`) ends it at the next step with that step's checkpoint: `Preempted`."""
+        with self.stops.listening(self.request.run.stop_signals):
+            return self._fit()
+
+    def _fit(self) -> RunResult:
         finished = False
         try:
             self.setup()
@@ -96,6 +91,8 @@ class Trainer(Session):
             if self.config.run.max_minutes and not self.config.run.budget_plan:
                 self._plan_budget(started)
             for epoch in range(self.state.epoch, self.config.run.epochs):
+                if self.procs.mean_and_any(0.0, self.stops.requested)[1]:  # the last checkpoint is this point
+                    self._preempted()
                 self._train_epoch(epoch)
                 self._finish_epoch(epoch)
                 self.save()
@@ -163,7 +160,7 @@ class Trainer(Session):
                     nets.train_backbone, nets.train_heads, x, batch_labels, generator
                 )
             loss = self.method.loss(outputs, targets)
-            value = procs.mean(float(loss.detach()))
+            value, stop = procs.mean_and_any(float(loss.detach()), self.stops.requested)
             if not math.isfinite(value):
                 self.diverged(f"the training loss became {value}")
             nets.step(loss)
@@ -178,6 +175,8 @@ class Trainer(Session):
                 self.save()
             if self.on_step is not None:
                 self.on_step(self)
+            if stop and state.step < self.steps_per_epoch:  # at an epoch's end: stop after its checkpoint
+                self._preempted()
         bar.close()
         feed.close()
         spent = time.perf_counter() - started - updating
@@ -232,6 +231,14 @@ class Trainer(Session):
             self.run_dir.write_metrics(state.history)
             self.resources.write_scalars(ordered, epoch)
         log.info("epoch %d done: %s", epoch, format_stats(ordered))
+
+    def _preempted(self) -> None:
+        """Stop on a stop signal (engine/stop.py), with a checkpoint of this step."""
+        self.save()
+        state = self.state
+        raise Preempted(
+            self.stops.received or "a stop signal", state.epoch, state.step, str(self.run_dir.root)
+        )
 
     def _plan_budget(self, started: float) -> None:
         """Fit the schedule to `run.max_minutes` (engine/budget.py): make the first labels, time them, a few

@@ -3,10 +3,13 @@ the SwAV paper trains its v2 methods, with biases and normalisation weights left
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from deepcluster.config import OptimConfig
 
 LARS_ETA = 0.02
 """Trust coefficient of LARS (SwAV's value)."""
@@ -60,3 +63,16 @@ def make_optimizer(
     if name == "lars":
         return LARS(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def lr_factor(optim: OptimConfig, epochs: int, steps_per_epoch: int, epoch: int, step: int) -> float:
+    """The learning rate's multiple at a step of a run of `epochs` epochs: linear warm-up over
+    `optim.warmup_epochs`, then constant or cosine (over the whole run) down to `optim.min_lr_ratio`."""
+    now = epoch * steps_per_epoch + step
+    warmup = optim.warmup_epochs * steps_per_epoch
+    if now < warmup:
+        return (now + 1) / (warmup + 1)
+    if optim.schedule == "constant":
+        return 1.0
+    progress = now / max(1, epochs * steps_per_epoch)
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

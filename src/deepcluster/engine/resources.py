@@ -54,9 +54,10 @@ class RunResources:
         self._cache_path: Path | None = None
         self._lock: RunLock | None = None
 
-    def open(self, config: TrainConfig) -> TrainConfig:
+    def open(self, config: TrainConfig, asked: TrainConfig) -> TrainConfig:
         """Join torchrun's processes (if any), choose and prepare the run directory for `config` (whose
-        config.yaml is written at once), start the log file. Returns `config` with `run.out` filled in."""
+        config.yaml is written at once, and request.yaml: the settings as `asked`), start the log file. Returns
+        `config` with `run.out` filled in."""
         self.procs = procs = join_processes(self.device, config.run.dist_timeout_minutes)
         if config.run.out is None:
             stamp = procs.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
@@ -69,6 +70,10 @@ class RunResources:
             )
             if not self.resume:  # at once: from here on a kill leaves a run that --resume can start again
                 atomic_write_text(self.run_dir.config, dump_config(config))
+                asked_here = dataclasses.replace(
+                    asked, run=dataclasses.replace(asked.run, out=config.run.out)
+                )
+                atomic_write_text(self.run_dir.request, dump_config(asked_here))
         procs.barrier()
         if procs.is_main:
             self._file_log = logging.FileHandler(self.run_dir.log_file)

@@ -47,7 +47,8 @@ class Session:
     ) -> None:
         """Check every setting that can be checked before touching the data (options, device, method, the
         source's size); nothing is written yet."""
-        config = methods.complete(config)
+        self.asked = config = methods.complete(config)
+        """The settings as given (request.yaml: what `--auto-resume` compares a new command with)."""
         self.method_class = methods[config.method]
         config.validate()
         check_arch(config.model.arch)
@@ -108,7 +109,7 @@ class Session:
     def setup(self) -> None:
         """Join, prepare, build, decode, fit the settings to the data (`config`, once), and on a resume load the
         last checkpoint."""
-        request = self.resources.open(self.request)
+        request = self.resources.open(self.request, self.asked)
         if self.restarted:
             log.warning(
                 "--resume %s: the run stopped before its first checkpoint; starting it from the beginning with "

@@ -38,6 +38,12 @@ class RunDir:
         return self.root / "config.yaml"
 
     @property
+    def request(self) -> Path:
+        """The settings as the run was asked for them, before any was resolved or fitted (what
+        `--auto-resume` compares a new command with)."""
+        return self.root / "request.yaml"
+
+    @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoints" / "last.pt"
 

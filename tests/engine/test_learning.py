@@ -1,0 +1,77 @@
+"""Training must learn: on small images whose classes survive the augmentations (stripe orientations and a
+checkerboard, in random colours), the default method's trained network separates the classes by k-NN far better
+than the same network at its random initialisation. Fails when a change stops the pipeline learning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from deepcluster import preset_config
+from deepcluster.api import train
+from deepcluster.cluster.knn import weighted_knn_accuracy
+from deepcluster.config import apply_overrides
+from deepcluster.data.views import ClusterView
+from deepcluster.models import build_backbone
+from deepcluster.seeding import seed_everything
+
+SIZE = 16
+MARGIN = 0.15
+"""k-NN points the trained network must gain over its random initialisation (measured: about +0.26 on an AMX
+Xeon in bf16, 0.41 -> 0.67)."""
+
+
+def textures(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n uint8 images [n, SIZE, SIZE, 3] of four classes that crops and flips keep: horizontal stripes, vertical
+    stripes, a checkerboard, diagonal stripes (either way); each in two random colours (which the class does not
+    depend on, so colour misleads a network that has not learned), of a random period and phase, with noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    labels = np.arange(n) % 4
+    images = np.empty((n, SIZE, SIZE, 3), dtype=np.uint8)
+    for i, kind in enumerate(labels):
+        period, phase = rng.integers(3, 6), rng.integers(0, 6)
+        if kind == 2:
+            pattern = ((x + phase) // period + (y + phase) // period) % 2
+        else:
+            coordinate = [y, x, None, x + y if rng.integers(2) else x - y][kind]
+            pattern = ((coordinate + phase) // period) % 2
+        foreground, background = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+        picture = np.where(pattern[..., None] == 1, foreground, background) + rng.normal(
+            0, 10, (SIZE, SIZE, 3)
+        )
+        images[i] = np.clip(picture, 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def _knn(network: torch.nn.Module, images: torch.Tensor, labels: np.ndarray) -> float:
+    network.eval()
+    with torch.no_grad():
+        features = network(images).float().numpy()
+    return weighted_knn_accuracy(features, labels, k=20, temperature=0.07)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_default_method_learns_what_survives_its_augmentations(tmp_path: Path) -> None:
+    images, labels = textures(384)
+    np.savez(tmp_path / "textures.npz", images=images, labels=labels)
+    overrides = {
+        "data": {"data": str(tmp_path / "textures.npz")},
+        "model": {"arch": "alexnet_small_gap_half", "first_conv": "patches"},
+        "cluster": {"k": 16},
+        "optim": {"batch_size": 64},
+        "deepcluster_v2": {"hidden": 128, "out_dim": 32, "n_sets": 2, "n_small": 2},
+        "run": {"epochs": 6, "out": str(tmp_path / "run"), "progress": False, "report": False, "seed": 0},
+    }
+    config = apply_overrides(preset_config("default"), overrides)
+    result = train(config)
+    resolved = result.config
+    view = ClusterView(SIZE, resolved.data.mean, resolved.data.std)
+    pixels = view(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    seed_everything(resolved.run.seed)  # the run's own first weights (before the first layer was fitted)
+    random = build_backbone(resolved.model.arch, sobel=resolved.model.sobel, input_size=SIZE)
+    before, after = _knn(random, pixels, labels), _knn(result.backbone, pixels, labels)
+    assert after >= before + MARGIN, f"k-NN {before:.3f} at random initialisation, {after:.3f} trained"
