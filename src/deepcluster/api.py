@@ -72,7 +72,7 @@ def _continue(config: TrainConfig, on_step: StepCallback | None) -> RunResult | 
     }
     reached = int((read_header(run.checkpoint) or {}).get("epoch", -1))
     if "epochs" not in changed and run.labels_csv.is_file() and reached >= load_config(run.config).run.epochs:
-        log.info("%s: the run has finished already (--auto-resume): nothing to do", run.root)
+        log.warning("%s: the run there has finished already (--auto-resume): nothing to do", run.root)
         return finished_run(run)
     log.info("%s: continuing the run there (--auto-resume)", run.root)
     return resume(run.root, on_step=on_step, **changed)

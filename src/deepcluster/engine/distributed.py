@@ -204,6 +204,24 @@ def process_device(device: torch.device) -> torch.device:
     return device
 
 
+def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under torchrun's restarts (`--max-restarts`), the agent's store seen through a prefix of this attempt:
+    the process group's keys of a failed attempt (its workers' addresses) are still in the store the agent
+    keeps, and the restarted workers would otherwise read them and try to connect to dead peers. None outside
+    torchelastic or when each attempt has a store of its own (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"deepcluster/attempt_{attempt}", agent)
+
+
 def join_processes(device: torch.device, timeout_minutes: float) -> Processes:
     """This process's `Processes`: a single process unless torchrun started several, in which case join the
     process group (NCCL on CUDA, gloo on CPU) and, on CUDA, pin the process to cuda:LOCAL_RANK.
@@ -224,7 +242,14 @@ def join_processes(device: torch.device, timeout_minutes: float) -> Processes:
         backend = "gloo"
     owns_group = not dist.is_initialized()
     if owns_group:
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        store = _attempt_store(world_size, timeout)
+        if store is None:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend=backend, timeout=timeout, store=store, rank=rank, world_size=world_size
+            )
     return Processes(
         rank=rank,
         world_size=world_size,
