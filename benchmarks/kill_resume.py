@@ -1,6 +1,11 @@
 """Kill each method with SIGKILL at random moments, resume it, and check it ends as the unbroken run did.
 
     python benchmarks/kill_resume.py [--trials 20] [--methods deepcluster sela ...] [--jobs 2]
+    python benchmarks/kill_resume.py --signal TERM     # pre-emption: SIGTERM, then the unchanged command
+
+With `--signal TERM` (or USR1) each trial is sent that signal instead (a cluster pre-empting the job): the run
+must stop by itself with exit code 75 (or 0 when it had finished), and the *unchanged* command, which carries
+`--auto-resume`, is run again until the run ends.
 
 For every method: one unbroken run (the reference), then `--trials` runs of the same seeded config, each killed
 with `kill -9` once (and, one trial in four, killed a second time during its resume), then resumed to the end
@@ -30,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcluster.data.sources import open_source
+from deepcluster.engine.stop import PREEMPTED_EXIT
 from machine import cpu_line
 from same_run import compare
 
@@ -47,11 +53,14 @@ METHODS = {
 MOMENTS = ("checkpoint write", "label update", "report", "random time")
 
 
-def command(data: Path, out: Path, method: str, resume: bool) -> list[str]:
+def command(data: Path, out: Path, method: str, resume: bool, requeue: bool = False) -> list[str]:
+    """The train command (with `requeue`: the one command a requeued job runs again, with --auto-resume), or
+    the `--resume` of its run."""
     cli = [sys.executable, "-m", "deepcluster", "train", "-q"]
-    if resume:
+    if resume and not requeue:
         return [*cli, "--resume", str(out)]
-    return [*cli, "--method", method, "--data", str(data), "--out", str(out), *BASE, *METHODS[method]]
+    train = [*cli, "--method", method, "--data", str(data), "--out", str(out), *BASE, *METHODS[method]]
+    return [*train, "--auto-resume"] if requeue else train
 
 
 def run_to_end(cmd: list[str]) -> None:
@@ -77,9 +86,18 @@ def started(out: Path, moment: str, due: float, begun: float) -> bool:
     return time.monotonic() - begun >= due
 
 
-def kill_during(cmd: list[str], out: Path, moment: str, due: float, timeout: float, lag: float = 0.0) -> str:
-    """Start `cmd`, kill -9 it `lag` seconds after `moment` begins; what happened ("killed ..." or "finished
-    before the moment")."""
+def kill_during(
+    cmd: list[str],
+    out: Path,
+    moment: str,
+    due: float,
+    timeout: float,
+    lag: float = 0.0,
+    how: int = signal.SIGKILL,
+) -> str:
+    """Start `cmd`, send it `how` (kill -9 by default) `lag` seconds after `moment` begins; what happened
+    ("killed ..." or "finished before the moment"). A signal other than SIGKILL must make the run stop by itself
+    with exit code 75 ("stopped ..."; else an error is raised)."""
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     begun = time.monotonic()
     armed: float | None = None
@@ -88,8 +106,16 @@ def kill_during(cmd: list[str], out: Path, moment: str, due: float, timeout: flo
             if armed is None and started(out, moment, due, begun):
                 armed = time.monotonic() + lag
             if armed is not None and time.monotonic() >= armed:
-                os.kill(process.pid, signal.SIGKILL)
-                return f"killed at {time.monotonic() - begun:.1f} s ({moment})"
+                os.kill(process.pid, how)
+                at = f"at {time.monotonic() - begun:.1f} s ({moment})"
+                if how == signal.SIGKILL:
+                    return f"killed {at}"
+                code = process.wait(timeout=timeout)
+                if code not in (PREEMPTED_EXIT, 0):
+                    raise RuntimeError(
+                        f"{signal.Signals(how).name} {at}: exit code {code}, not {PREEMPTED_EXIT}"
+                    )
+                return f"killed by {signal.Signals(how).name} {at}, exit {code}"
             if time.monotonic() - begun > timeout:
                 os.kill(process.pid, signal.SIGKILL)
                 return f"killed at the timeout ({timeout:.0f} s)"
@@ -100,25 +126,40 @@ def kill_during(cmd: list[str], out: Path, moment: str, due: float, timeout: flo
 
 
 def trial(
-    data: Path, work: Path, method: str, reference: Path, index: int, duration: float
+    data: Path, work: Path, method: str, reference: Path, index: int, duration: float, how: int
 ) -> tuple[bool, str]:
     rng = random.Random(f"{method}-{index}")
     out = work / f"{method}-trial{index:02d}"
     moment = MOMENTS[index % len(MOMENTS)]
     lag = rng.uniform(0.0, 0.4) if moment == "label update" else 0.0  # into the update that follows the line
-    what = kill_during(
-        command(data, out, method, False), out, moment, rng.uniform(0.5, duration), 4 * duration, lag
-    )
-    if index % 4 == 3 and what.startswith("killed"):  # and once more while it resumes
-        again = kill_during(
-            command(data, out, method, True), out, "random time", rng.uniform(0.5, 8), 4 * duration
+    requeue = how != signal.SIGKILL
+    try:
+        what = kill_during(
+            command(data, out, method, False, requeue),
+            out,
+            moment,
+            rng.uniform(0.5, duration),
+            4 * duration,
+            lag,
+            how,
         )
-        what += f"; resume {again}"
+        if index % 4 == 3 and what.startswith("killed"):  # and once more while it resumes
+            again = kill_during(
+                command(data, out, method, True, requeue),
+                out,
+                "random time",
+                rng.uniform(0.5, 8),
+                4 * duration,
+                how=how,
+            )
+            what += f"; resume {again}"
+    except RuntimeError as error:  # a stop signal that did not stop the run as it should
+        return False, f"trial {index}: FAILED: {error}"
     began = (out / "config.yaml").is_file()  # written when the run directory is made, before anything else
     if not began:  # killed before the run existed (Python still starting): what a user does is start it again
         what += "; before the run began, so started again"
     try:
-        run_to_end(command(data, out, method, resume=began))
+        run_to_end(command(data, out, method, resume=began, requeue=requeue))
         differences = compare(reference, out)
     except Exception as error:  # a resume that fails is a miss like a difference
         return False, f"trial {index}: {what}; FAILED: {error}"
@@ -134,8 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="trials at a time (one torch thread each)")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--work", help="folder for the runs (default: a temporary folder, removed)")
+    parser.add_argument(
+        "--signal",
+        default="KILL",
+        choices=["KILL", "TERM", "USR1"],
+        help="KILL: kill -9, then --resume; TERM or USR1: pre-emption, then the unchanged command (--auto-resume)",
+    )
     args = parser.parse_args(argv)
-    print(f"CPU: {cpu_line()}; precision auto; {args.trials} trials per method, {args.jobs} at a time")
+    how = signal.Signals[f"SIG{args.signal}"]
+    print(
+        f"CPU: {cpu_line()}; precision auto; {args.trials} trials per method, {args.jobs} at a time, SIG{args.signal}"
+    )
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -148,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.methods:
             reference = work / f"{method}-reference"
             begun = time.monotonic()
-            run_to_end(command(data, reference, method, False))
+            run_to_end(command(data, reference, method, False, requeue=how != signal.SIGKILL))
             duration = time.monotonic() - begun
             with ThreadPoolExecutor(args.jobs) as pool:
                 jobs = [
-                    pool.submit(trial, data, work, method, reference, i, duration) for i in range(args.trials)
+                    pool.submit(trial, data, work, method, reference, i, duration, how)
+                    for i in range(args.trials)
                 ]
                 results = [job.result() for job in jobs]
             same = sum(ok for ok, _ in results)
