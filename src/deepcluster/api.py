@@ -13,6 +13,7 @@ from typing import Any
 from deepcluster import config as settings
 from deepcluster.config import ConfigError, RunConfig, TrainConfig, resumable_options, setting_differences
 from deepcluster.engine.loop import RunResult, StepCallback, Trainer
+from deepcluster.engine.stop import Preempted, stopping
 from deepcluster.methods import METHODS
 from deepcluster.storage import RunDir, open_run_dir, read_header
 
@@ -73,7 +74,8 @@ def _continue(config: TrainConfig, on_step: StepCallback | None) -> RunResult | 
     reached = int((read_header(run.checkpoint) or {}).get("epoch", -1))
     if "epochs" not in changed and run.labels_csv.is_file() and reached >= load_config(run.config).run.epochs:
         log.warning("%s: the run there has finished already (--auto-resume): nothing to do", run.root)
-        return finished_run(run)
+        built = (run.root / "report" / "index.html").is_file()
+        return finished_run(run) if built else _with_report(finished_run(run))  # stopped while it was built
     log.info("%s: continuing the run there (--auto-resume)", run.root)
     return resume(run.root, on_step=on_step, **changed)
 
@@ -124,8 +126,16 @@ def _with_report(result: RunResult, trust_checkpoint: bool = False) -> RunResult
     from deepcluster.report.build import build_report
 
     started = time.perf_counter()
+    run_dir = result.run_dir
+    rebuild = (
+        "while its report was built; the run is complete: the same command with --auto-resume builds the "
+    )
+    rebuild += f"report (or deepcluster report {run_dir})"
     try:
-        page = build_report(result.run_dir, trust_checkpoint=trust_checkpoint)
+        with stopping(result.config.run.stop_signals, rebuild):
+            page = build_report(run_dir, trust_checkpoint=trust_checkpoint)
+    except Preempted:
+        raise
     except Exception as error:  # keep the run, say how to retry
         log.warning(
             "the report could not be built (%s: %s); rebuild it with: deepcluster report %s",

@@ -236,9 +236,8 @@ class Trainer(Session):
         """Stop on a stop signal (engine/stop.py), with a checkpoint of this step."""
         self.save()
         state = self.state
-        raise Preempted(
-            self.stops.received or "a stop signal", state.epoch, state.step, str(self.run_dir.root)
-        )
+        signal_name, where = self.stops.received or "a stop signal", str(self.run_dir.root)
+        raise Preempted.at_step(signal_name, state.epoch, state.step, where)
 
     def _plan_budget(self, started: float) -> None:
         """Fit the schedule to `run.max_minutes` (engine/budget.py): make the first labels, time them, a few

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 PREEMPTED_EXIT = 75
@@ -15,14 +15,14 @@ PREEMPTED_EXIT = 75
 
 
 class Preempted(Exception):
-    """The run stopped on a signal, its checkpoint written at the step it reached."""
+    """The run stopped on a stop signal: at a step (its checkpoint written), or while its report was built."""
 
-    def __init__(self, signal_name: str, epoch: int, step: int, run_dir: str) -> None:
-        super().__init__(
+    @classmethod
+    def at_step(cls, signal_name: str, epoch: int, step: int, run_dir: str) -> Preempted:
+        return cls(
             f"stopped by {signal_name} at epoch {epoch}, step {step}; the checkpoint of that step is in {run_dir}: "
             f"run the same command with --auto-resume (or deepcluster train --resume {run_dir}) to continue"
         )
-        self.signal_name = signal_name
 
 
 def signal_numbers(names: str) -> list[signal.Signals]:
@@ -40,19 +40,38 @@ class StopRequests:
     def requested(self) -> bool:
         return self.received is not None
 
-    def _handle(self, number: int, _frame: FrameType | None) -> None:
+    def _note(self, number: int, _frame: FrameType | None) -> None:
         self.received = signal.Signals(number).name
 
     @contextlib.contextmanager
     def listening(self, names: str) -> Iterator[StopRequests]:
-        """Handle the named signals inside the block (in the main thread only; elsewhere, as before) and put the
-        previous handlers back after it."""
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for number in signal_numbers(names):
-                previous[number] = signal.signal(number, self._handle)
-        try:
+        """Note the named signals inside the block (the loop stops at its next step) and put the previous
+        handlers back after it."""
+        with _handling(names, self._note):
             yield self
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+
+
+@contextlib.contextmanager
+def stopping(names: str, message: str) -> Iterator[None]:
+    """Inside the block, the named signals raise `Preempted(message)` at once (where nothing needs a checkpoint,
+    e.g. while the report of a finished run is built)."""
+
+    def stop(number: int, _frame: FrameType | None) -> None:
+        raise Preempted(f"stopped by {signal.Signals(number).name} {message}")
+
+    with _handling(names, stop):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(names: str, handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """`handler` for the named signals inside the block (in the main thread only; elsewhere, as before)."""
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in signal_numbers(names):
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
