@@ -173,15 +173,21 @@ def without_permission_override() -> None:
 
 
 @contextlib.contextmanager
-def forward_calls() -> Iterator[list[tuple[str, bool, int]]]:
-    """Every forward call of every torch module in this process while inside: (class name, training mode, rows
-    of the first input), in order (torch's global forward hook: an observation, nothing of ours replaced)."""
-    calls: list[tuple[str, bool, int]] = []
+def forward_calls(kind: type = torch.nn.Module) -> Iterator[list[tuple[bool, int, torch.Tensor | None]]]:
+    """Every forward call of a `kind` module in this process while inside, in order: (training mode, rows of its
+    first input, its output as float32 on the host for a call in eval mode, else None). torch's global forward
+    hook: an observation of what ran, nothing of ours replaced."""
+    calls: list[tuple[bool, int, torch.Tensor | None]] = []
 
     def hook(module: torch.nn.Module, inputs: tuple, output: object) -> None:
+        if not isinstance(module, kind):
+            return
         first = inputs[0] if inputs else None
         rows = int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 0
-        calls.append((type(module).__name__, module.training, rows))
+        kept = None
+        if not module.training and isinstance(output, torch.Tensor):
+            kept = output.detach().float().flatten(1).cpu()
+        calls.append((module.training, rows, kept))
 
     handle = torch.nn.modules.module.register_module_forward_hook(hook)
     try:
