@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,6 +143,35 @@ def weighted_knn_reference(
             votes[labels[row]] += np.exp(similarity[row] / temperature)
         correct += int(np.argmax(votes) == truth[q])
     return correct / len(queries)
+
+
+def evaluation_knn_reference(target: Path | str, images: np.ndarray, labels: np.ndarray, config: Any) -> dict:
+    """The k-NN scores `deepcluster evaluate` (EvalConfig `config`, no --test-data) must give for the network of
+    `target` on the uint8 images [N, H, W, 3] of its own data with their true labels, {"knn<k>": accuracy}:
+    the hold-out split drawn here (a seeded 80/20 permutation), the networks' embeddings in fp32 as evaluate
+    computes them, and the k-NN by `weighted_knn_reference`."""
+    from deepcluster.data.views import ClusterView
+    from deepcluster.engine.device import Precision
+    from deepcluster.engine.features import extract_features
+    from deepcluster.models.loading import load_model
+
+    order = np.random.default_rng(config.seed).permutation(len(labels))
+    test, train = np.sort(order[: len(order) // 5]), np.sort(order[len(order) // 5 :])
+    model = load_model(target)
+    backbone = model.backbone.eval()
+    view = ClusterView(model.input_size, model.mean, model.std)
+    pixels = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    precision = Precision(torch.device("cpu"), "fp32")
+    embedding = {
+        part: extract_features(backbone, pixels[rows], view, config.batch_size, precision)
+        for part, rows in (("train", train), ("test", test))
+    }
+    return {
+        f"knn{k}": weighted_knn_reference(
+            embedding["train"], labels[train], embedding["test"], labels[test], k, config.temperature
+        )
+        for k in config.knn_ks
+    }
 
 
 class Payload:
