@@ -210,3 +210,20 @@ def _global_step(run: Path) -> int | None:
         return (read_header(run / "checkpoints" / "last.pt") or {}).get("global_step")
     except OSError:
         return None
+
+
+def test_a_run_directory_read_only_from_the_start_is_refused_before_any_work(
+    stopped: Path, tmp_path: Path
+) -> None:
+    run = shutil.copytree(stopped, tmp_path / "run")
+    before = contents(run)
+    run.chmod(0o555)
+    try:
+        done = resume_in_child(run, preexec_fn=without_permission_override)
+    finally:
+        run.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"deepcluster: error: --out {run}: cannot write there (Permission denied); choose a writable folder"
+    ]
+    assert contents(run) == before  # not even the log was written
