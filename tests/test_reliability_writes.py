@@ -72,19 +72,18 @@ def contents(folder: Path) -> dict[str, bytes]:
     }
 
 
-def assert_kept(run: Path, before: dict[str, bytes]) -> None:
-    """Every file of `run` as it was (`before`), but for the lines the resume added to its log and config.yaml,
-    written again with the run's new place (run.out: the test works on a copy)."""
-    now = contents(run)
+def assert_kept(run: Path, before: dict[str, bytes], listing=contents) -> None:
+    """Every file of `run` (as `listing` gives them) as it was (`before`), but for the lines the resume added to
+    its log, config.yaml, written again with the run's new place (run.out: the test works on a copy), and a new
+    TensorBoard events file."""
+    now = listing(run)
     assert now["train.log"].startswith(before["train.log"])
     old_config, new_config = (yaml.safe_load(files["config.yaml"]) for files in (before, now))
     old_config["run"].pop("out"), new_config["run"].pop("out")
     assert new_config == old_config
     unchanged = set(before) - {"train.log", "config.yaml"}
     assert {name: now[name] for name in unchanged} == {name: before[name] for name in unchanged}
-    new = {
-        name for name in set(now) - set(before) if not name.startswith("tensorboard/")
-    }  # a new events file
+    new = {name for name in set(now) - set(before) if not name.startswith("tensorboard/")}
     assert not new  # no temporary file left either
 
 
@@ -174,19 +173,20 @@ def test_a_read_only_checkpoint_folder_stops_the_run_with_one_line_and_keeps_its
 def test_a_run_directory_made_read_only_mid_run_stops_it_with_one_line_and_keeps_its_files(
     stopped: Path, unbroken: Path, tmp_path: Path
 ) -> None:
-    """The resume is frozen (SIGSTOP) right after its checkpoint of epoch 1, step 4, the run directory made
-    read-only, and the resume let go: its next write there, metrics.jsonl at the epoch's end, fails."""
+    """The resume is frozen (SIGSTOP) while or right after it writes its checkpoint of epoch 1, step 4 (its first
+    save), the run directory is made read-only, and the resume let go: its next write there, metrics.jsonl at the
+    epoch's end (one step later), fails. The checkpoints/ folder stays writable."""
     run = shutil.copytree(stopped, tmp_path / "run")
     command = [sys.executable, "-m", "deepcluster", "train", "--resume", str(run), "-q"]
     process = subprocess.Popen(
         command, stderr=subprocess.PIPE, text=True, env=same_threads(), preexec_fn=without_permission_override
     )
     try:
-        while _global_step(run) != 5 + 4 and process.poll() is None:  # 5 steps per epoch
-            time.sleep(0.005)
+        while not _saving_or_saved_step_4(run) and process.poll() is None:
+            time.sleep(0.002)
         os.kill(process.pid, signal.SIGSTOP)
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 1, "epoch 1 ended before the stop"
-        before = contents(run)
+        before = outside_checkpoints(run)
         run.chmod(0o555)
         os.kill(process.pid, signal.SIGCONT)
         _, stderr = process.communicate(timeout=300)
@@ -197,19 +197,24 @@ def test_a_run_directory_made_read_only_mid_run_stops_it_with_one_line_and_keeps
             process.wait()
     done = subprocess.CompletedProcess(command, process.returncode, "", stderr)
     assert_one_line_naming(done, run / "metrics.jsonl", "Permission denied")
-    assert_kept(run, before)
+    assert_kept(run, before, outside_checkpoints)
+    assert sorted(os.listdir(run / "checkpoints")) == ["last.pt", "previous.pt"]  # the save was completed
     assert load_checkpoint(run / "checkpoints" / "last.pt")["loop"]["step"] == 4
     assert main(["train", "--resume", str(run), "-q"]) == 0  # permission back: the run ends as if unbroken
     assert_same_run(unbroken, run)
 
 
-def _global_step(run: Path) -> int | None:
-    """The step (counted over epochs) of the run's last checkpoint, from its header; None while there is none
-    (or for the moment a save moves it to previous.pt)."""
+def outside_checkpoints(run: Path) -> dict[str, bytes]:
+    return {name: data for name, data in contents(run).items() if not name.startswith("checkpoints/")}
+
+
+def _saving_or_saved_step_4(run: Path) -> bool:
+    """The resume's first save (epoch 1, step 4: 5 steps per epoch) is being written or is written."""
     try:
-        return (read_header(run / "checkpoints" / "last.pt") or {}).get("global_step")
-    except OSError:
-        return None
+        saving = any(name.startswith(".last.pt.") for name in os.listdir(run / "checkpoints"))
+        return saving or (read_header(run / "checkpoints" / "last.pt") or {}).get("global_step") == 5 + 4
+    except OSError:  # last.pt moved aside for a moment by a save
+        return False
 
 
 def test_a_run_directory_read_only_from_the_start_is_refused_before_any_work(
