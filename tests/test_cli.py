@@ -1,8 +1,11 @@
-"""`deepcluster train` as a user runs it: exit codes, messages, and a real SIGKILL followed by --resume."""
+"""`deepcluster train` as a user runs it: exit codes and messages, and a real process stopped for real (SIGKILL
+mid-epoch and mid-write, Ctrl-C, before its run directory exists), then resumed to the unbroken run's result."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from deepcluster import load_config
 from deepcluster.api import train
 from deepcluster.cli import main
 from deepcluster.storage import load_checkpoint
-from synthetic import small_config, write_pattern_npz
+from synthetic import assert_same_run, small_config, write_pattern_npz
 
 SMALL_RUN = ["--method", "deepcluster", "--k", "8", "--batch-size", "16", "--epochs", "2", "--seed", "3"]
 SMALL_RUN += ["--no-progress", "--arch", "alexnet_small_gap"]  # the network of synthetic.small_config
@@ -67,64 +71,173 @@ def test_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_resume_refuses_to_change_the_method(
     npz_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["train", "--resume", str(tmp_path), "--lr", "0.1"])
-    assert code == 2
-    assert "--lr cannot be changed when resuming" in capsys.readouterr().err
+    run = tmp_path / "run"
+    train(small_config(npz_data, run, run={"epochs": 1}))
+    before = {
+        name: (run / name).read_bytes() for name in ("config.yaml", "checkpoints/last.pt", "labels.csv")
+    }
+    for change in (["--method", "sela"], ["--lr", "0.1"]):
+        assert main(["train", "--resume", str(run), *change, "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert f"--resume: {change[0]} cannot be changed when resuming" in err
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert load_config(run / "config.yaml").method == "deepcluster"
 
 
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+# ---------------------------------------------------------------- a real process, stopped for real
+KILLABLE = [*SMALL_RUN, *SMALL_SET, "--checkpoint-every", "1", "--threads", "1", "-q"]
+"""A run of 2 epochs of 10 steps, a checkpoint after every step, on one torch thread (the same float results in
+every process that runs it)."""
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_unbroken_result(npz_data: Path, tmp_path: Path) -> None:
-    out = tmp_path / "killed"
+def start(npz_data: Path, out: Path) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "deepcluster", "train", "--data", str(npz_data), "--out", str(out)]
-    # The unbroken run below trains in this process: the killed one computes on as many torch threads.
-    command += [
-        *SMALL_RUN,
-        *SMALL_SET,
-        "--checkpoint-every",
-        "1",
-        "-q",
-        "--threads",
-        str(torch.get_num_threads()),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [*command, *KILLABLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def resume_child(out: Path) -> None:
+    command = [sys.executable, "-m", "deepcluster", "train", "--resume", str(out), "--no-progress", "-q"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def unbroken(npz_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("unbroken") / "run"
+    _, stderr = start(npz_data, out).communicate(timeout=300)
+    assert (out / "labels.csv").is_file(), stderr
+    return out
+
+
+def _wait_for(condition, process: subprocess.Popen[str], what: str) -> None:
+    """Poll `condition` until it holds; the run must still be going (else its error output is shown)."""
+    deadline = time.monotonic() + 300
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(
+                f"the run ended (exit {process.returncode}) before {what}: {process.stderr.read()}"
+            )
+        assert time.monotonic() < deadline, f"no {what} within 300 s"
+        time.sleep(0.002)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_unbroken_result(
+    npz_data: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    process = start(npz_data, out)
     checkpoint = out / "checkpoints" / "last.pt"
     try:
-        _wait_for(
-            lambda: (out / "labels" / "epoch_001.npy").exists() or process.poll() is not None, 300, "epoch 1"
-        )
+        _wait_for(lambda: (out / "labels" / "epoch_001.npy").exists(), process, "epoch 1")
         saves: set[int] = set()
 
         def two_more_saves() -> bool:
-            if checkpoint.exists():
+            with contextlib.suppress(FileNotFoundError):  # a save moves it aside for a moment
                 saves.add(checkpoint.stat().st_mtime_ns)
-            return len(saves) >= 3 or process.poll() is not None
+            return len(saves) >= 3
 
-        _wait_for(two_more_saves, 120, "mid-epoch checkpoints")
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        _wait_for(two_more_saves, process, "mid-epoch checkpoints")
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
     stopped = load_checkpoint(checkpoint)["loop"]
     assert stopped["epoch"] == 1 and 0 < stopped["step"] < 10  # killed mid-epoch (10 steps per epoch)
+    resume_child(out)
+    assert_same_run(unbroken, out)
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "deepcluster", "train", "--resume", str(out), "--no-progress", "-q"],
-        capture_output=True,
-        text=True,
-        check=False,
+
+def test_sigkill_during_a_checkpoint_write_then_resume_gives_the_unbroken_result(
+    npz_data: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    """The run is frozen (SIGSTOP) whenever its checkpoints/ holds the temporary file of a save in progress
+    (storage/files.py's `.last.pt.*.tmp`); the first time the file is still there while it is frozen, it is
+    killed: mid-write, for sure."""
+    out = tmp_path / "killed"
+    checkpoints = out / "checkpoints"
+    process = start(npz_data, out)
+
+    def writing() -> list[str]:
+        with contextlib.suppress(FileNotFoundError):
+            return [name for name in os.listdir(checkpoints) if name.startswith(".last.pt.")]
+        return []
+
+    try:
+        while True:
+            _wait_for(lambda: bool(writing()), process, "a checkpoint being written")
+            os.kill(process.pid, signal.SIGSTOP)
+            if writing():
+                break
+            os.kill(process.pid, signal.SIGCONT)  # the save ended between the two looks: wait for the next
+        left = writing()
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert [name for name in os.listdir(checkpoints) if name.startswith(".last.pt.")] == left
+    resume_child(out)  # the half-written file left by the kill plays no part
+    assert_same_run(unbroken, out)
+
+
+def test_ctrl_c_exits_130_and_resume_gives_the_unbroken_result(
+    npz_data: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "interrupted"
+    process = start(npz_data, out)
+    try:
+        _wait_for((out / "checkpoints" / "last.pt").exists, process, "a checkpoint")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["deepcluster: interrupted; resume with --resume RUN_DIR"]
+    assert not (out / "labels.csv").exists()  # it stopped before the end
+    resume_child(out)
+    assert_same_run(unbroken, out)
+
+
+def test_a_loss_that_becomes_nan_exits_3_naming_the_last_good_checkpoint(
+    npz_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(npz_data), "--out", str(out), *SMALL_RUN, *SMALL_SET, "--epochs", "1"]
+    assert main([*argv, "--lr", "1e12", "--checkpoint-every", "1", "-q"]) == 3  # the weights explode
+    err = capsys.readouterr().err.strip()
+    checkpoint = out / "checkpoints" / "last.pt"
+    assert len(err.splitlines()) == 1 and err.startswith("deepcluster: training diverged: "), err
+    assert f"the last good checkpoint is {checkpoint}. Lower --lr (now 1000000000000.0)" in err
+    match = re.search(r"(the training loss became nan|became NaN or infinite) at epoch 0, step (\d+);", err)
+    assert match, err
+    # A checkpoint after every step: a NaN loss is seen at the start of a step, whose checkpoint (the state
+    # after the step before) is the last; weights that went bad are seen by the save, before it writes them.
+    at = int(match.group(2)) - (0 if match.group(1).startswith("the training loss") else 1)
+    saved = load_checkpoint(checkpoint)
+    assert (saved["loop"]["epoch"], saved["loop"]["step"]) == (0, at)
+    tensors = [*saved["model"].values(), *(saved["heads"] or {}).values()]
+    assert all(torch.isfinite(v).all() for v in tensors if v.is_floating_point())
+    assert not (out / "labels.csv").exists()
+
+
+def test_killed_before_its_run_directory_exists_it_starts_again_with_the_same_command(
+    npz_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    process = start(npz_data, out)
+    process.kill()  # Python is still starting: importing torch alone takes longer than this
+    process.wait()
+    assert not out.exists()
+    assert main(["train", "--resume", str(out), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"deepcluster: error: --resume {out}: no such run directory (give the --out of a training run; one "
+        "stopped before it began leaves none: start it again with its train command)"
     )
-    assert resumed.returncode == 0, resumed.stderr
-
-    unbroken = tmp_path / "unbroken"
-    train(small_config(npz_data, unbroken, optim={"batch_size": 16}, run={"checkpoint_every": 0}))
-    state_a = load_checkpoint(unbroken / "checkpoints" / "last.pt")["model"]
-    state_b = load_checkpoint(checkpoint)["model"]
-    assert all(torch.equal(state_a[key], state_b[key]) for key in state_a)
-    assert (unbroken / "labels.csv").read_text() == (out / "labels.csv").read_text()
+    argv = ["train", "--data", str(npz_data), "--out", str(out), *KILLABLE]
+    assert main([*argv, "--epochs", "1", "--checkpoint-every", "0"]) == 0
+    assert (out / "labels.csv").is_file() and load_checkpoint(out / "checkpoints" / "last.pt")["loop"][
+        "epoch"
+    ] == 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +14,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from deepcluster.api import train
 from deepcluster.data.decode import MAX_LISTED_FAILURES, DecodedImages, decode_images, square_image
 from deepcluster.data.sources import ArraySource, DataError, FolderSource
-from synthetic import noise_image
+from synthetic import noise_image, small_config
 
 
 def reference(image: Image.Image, size: int) -> torch.Tensor:
@@ -158,3 +161,62 @@ def test_a_memory_mapped_cache_holds_the_same_images_as_ram(tmp_path: Path) -> N
     assert mapped.indices.tolist() == in_ram.indices.tolist()
     on_disk = np.load(cache, mmap_mode="r")  # the kept images, compacted to the front of the file
     assert np.array_equal(on_disk[: len(in_ram)], in_ram.images.numpy())
+
+
+# ---------------------------------------------------------------- decompression bombs
+def png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height 1-bit pixels (its data is a few bytes: it never decodes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bombs_are_reported_by_path_and_skipped(
+    noise_folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PIL's limit (Image.MAX_IMAGE_PIXELS, 89.5 million pixels): above twice the limit PIL refuses the file;
+    between the limit and twice it, PIL only warns, and the image (a 9,500 x 9,500 PNG of 11 kB that decodes to
+    270 MB of RGB) must be refused by us."""
+    folder = noise_folder
+    limit = Image.MAX_IMAGE_PIXELS
+    assert limit is not None and limit < 9500 * 9500 and 2 * limit < 20000 * 20000
+    Image.new("1", (9500, 9500)).save(folder / "bomb_warned.png")  # a real, complete image
+    (folder / "bomb_refused.png").write_bytes(png_declaring(20000, 20000))
+    out = tmp_path / "run"
+    config = small_config(
+        folder, out, data={"input_size": 16}, cluster={"k": 4, "pca_dim": 8}, run={"epochs": 1}
+    )
+    with caplog.at_level(logging.WARNING, logger="deepcluster"):
+        train(config)
+    for name in ("bomb_refused.png", "bomb_warned.png"):
+        assert f"skipping image {name}: DecompressionBombError: " in caplog.text
+    skipped = dict(line.split("\t", 1) for line in (out / "skipped.txt").read_text().splitlines())
+    assert sorted(skipped) == ["bomb_refused.png", "bomb_warned.png"]
+    assert (
+        skipped["bomb_warned.png"].startswith("DecompressionBombError: ")
+        and "90250000 pixels" in skipped["bomb_warned.png"]
+    )
+    assert (
+        skipped["bomb_refused.png"].startswith("DecompressionBombError: ")
+        and "400000000 pixels" in skipped["bomb_refused.png"]
+    )
+    rows = (out / "labels.csv").read_text().splitlines()[1:]
+    assert len(rows) == 40 and not any("bomb" in row for row in rows)
+
+
+@pytest.fixture
+def noise_folder(tmp_path: Path) -> Path:
+    """40 small noise images in a folder."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(40):
+        noise_image(16, 16, seed=i).save(folder / f"img{i:02d}.png")
+    return folder

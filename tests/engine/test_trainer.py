@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from deepcluster import load_config
 from deepcluster.api import resume, train
@@ -63,18 +64,27 @@ def test_two_epochs_on_a_folder_write_the_whole_run_directory(tmp_path: Path) ->
     assert config.data.input_size == SIZE and config.model.arch == "alexnet_small"
     assert config.cluster.k == 8 and config.run.epochs == 2
 
+    # Each epoch's record describes the labels assigned at its start (labels/epoch_NNN.npy), measured here by
+    # scikit-learn against the images' true kinds (their folders, from the names labels.csv gives)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1]
-    for record in records:
+    labels = [np.load(out / "labels" / f"epoch_{e:03d}.npy") for e in range(2)]
+    names = [row["image"] for row in csv.DictReader((out / "labels.csv").open())]
+    true = np.array([int(name.split("/")[0].removeprefix("class_")) for name in names])
+    for record, assigned in zip(records, labels, strict=True):
         assert set(record) >= METRIC_KEYS
         assert math.isfinite(record["loss"]) and record["loss"] > 0
-        assert record["n_empty"] >= 0 and record["n_clusters"] == 8
-        assert 0 <= record["nmi_true"] <= 1 and -1 <= record["ari_true"] <= 1
+        sizes = np.bincount(assigned, minlength=8)
+        assert record["n_clusters"] == np.count_nonzero(sizes) == 8  # no empty cluster reaches training
+        assert (record["smallest"], record["largest"]) == (sizes.min(), sizes.max())
+        assert isinstance(record["n_empty"], int)  # those k-means left empty before they were filled
+        assert record["nmi_true"] == pytest.approx(normalized_mutual_info_score(true, assigned), abs=1e-12)
+        assert record["ari_true"] == pytest.approx(adjusted_rand_score(true, assigned), abs=1e-12)
         assert record["seconds"] > 0
-    assert records[0]["nmi_prev"] is None and 0 <= records[1]["nmi_prev"] <= 1
-
-    labels = [np.load(out / "labels" / f"epoch_{e:03d}.npy") for e in range(2)]
-    assert np.bincount(labels[1], minlength=8).min() > 0  # no empty cluster reached training
+    assert records[0]["nmi_prev"] is None
+    assert records[1]["nmi_prev"] == pytest.approx(
+        normalized_mutual_info_score(labels[0], labels[1]), abs=1e-12
+    )
 
     with (out / "labels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -240,4 +250,4 @@ def test_a_memory_mapped_image_cache_gives_the_same_run_and_is_removed(
     Trainer(config, on_step=look).fit()
     assert seen and all(seen)
     assert not (cache / "decoded-run.npy").exists()
-    assert_same_run(unbroken_run, tmp_path / "run")
+    assert_same_run(unbroken_run, tmp_path / "run", settings_may_differ=("data.cache", "data.cache_dir"))

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from deepcluster.api import train
 from deepcluster.cli import main
-from deepcluster.cluster.metrics import nmi
 from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.models import build_backbone
 from deepcluster.storage import RunDir
-from synthetic import small_config, write_pattern_npz
+from synthetic import evaluation_knn_reference, pattern_images, small_config, write_pattern_npz
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +28,28 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_evaluating_a_run_scores_trained_and_random_networks_and_its_clusters(tiny_run: Path) -> None:
-    results = evaluate(
-        EvalConfig(str(tiny_run), knn_ks=(5, 20), probe_epochs=1, probe_batch_size=32, progress=False)
-    )
+    config = EvalConfig(str(tiny_run), knn_ks=(5, 20), probe_epochs=1, probe_batch_size=32, progress=False)
+    results = evaluate(config)
     for name in ("trained", "random_init"):
         scores = results["networks"][name]
         assert set(scores) >= {"knn5", "knn20", "probe_conv1", "probe_conv5", "probe_best"}
-        assert all(0.0 <= value <= 1.0 for value in scores.values())
+        probes = {
+            key: value for key, value in scores.items() if key.startswith("probe_") and key != "probe_best"
+        }
+        assert scores["probe_best"] == max(probes.values())
+        # every score is a share of the 40 held-out images (a fifth of 200) classified right
+        assert all((value * 40) == pytest.approx(round(value * 40), abs=1e-9) for value in scores.values())
+    images, kinds = pattern_images(200)  # the run's data
+    trained = {key: value for key, value in results["networks"]["trained"].items() if key.startswith("knn")}
+    assert trained == evaluation_knn_reference(tiny_run, images, kinds, config)  # brute force, here
     # Four well-separated patterns: a random Sobel network's embedding already sorts them far above chance.
     assert results["networks"]["random_init"]["knn5"] > 0.5
     clustering = results["clustering"]
     labels = RunDir(tiny_run).read_labels().labels[:, 0]  # labels.csv: the trained network's clusters
     true = np.arange(200) % 4
-    assert clustering["metrics"]["nmi"] == pytest.approx(nmi(true, labels))
+    assert clustering["metrics"]["nmi"] == pytest.approx(
+        normalized_mutual_info_score(true, labels), abs=1e-12
+    )
     assert sum(row["size"] for row in clustering["clusters"]) == 200
     assert [row["epoch"] for row in clustering["stability"]] == [1]
     written = json.loads((tiny_run / "evaluation.json").read_text())

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import normalized_mutual_info_score
 
 from deepcluster.api import resume, train
 from deepcluster.cli import main
@@ -18,7 +19,7 @@ from deepcluster.evaluate.runner import EvalConfig, evaluate
 from deepcluster.methods.sela import default_lambda, multi_head_loss, update_steps
 from deepcluster.models import MultiHead
 from deepcluster.storage import load_checkpoint
-from synthetic import small_config, write_pattern_npz
+from synthetic import evaluation_knn_reference, pattern_images, small_config, write_pattern_npz
 
 HEADS = 3
 SCHEDULE = [0, 1, 2, 6, 10]  # 160 images / batch 32 = 5 steps per epoch, 2 epochs, 4 quadratic updates
@@ -98,11 +99,18 @@ def test_lambda_defaults_to_ten_for_small_images() -> None:
 def test_a_sela_run_writes_every_head_and_its_metrics(sela_run: Path) -> None:
     history = records(sela_run)
     assert [r["label_updates"] for r in history] == [3, 2]  # steps 0, 1, 2 | 6, 10
+    kinds = np.arange(160) % 4  # the images' true kinds
+    for epoch, record in enumerate(history):
+        labels = np.load(sela_run / "labels" / f"epoch_{epoch:03d}.npy")  # the epoch's last labels, per head
+        heads = [normalized_mutual_info_score(kinds, labels[:, h]) for h in range(HEADS)]
+        assert record["nmi_true_heads"] == pytest.approx(heads, abs=1e-12)  # by scikit-learn, here
+        assert record["nmi_true"] == pytest.approx(heads[0], abs=1e-12)  # the first head's
+        assert record["sinkhorn_loss"] > 0 and record["n_empty"] == 0
+        sizes = np.stack([np.bincount(labels[:, h], minlength=8) for h in range(HEADS)])  # over every head
+        assert [record["smallest"], record["largest"]] == [sizes.min(), sizes.max()]
     for record in history[1:]:
         assert len(record["nmi_prev_heads"]) == HEADS
         assert record["nmi_prev"] == pytest.approx(np.mean(record["nmi_prev_heads"]))
-        assert 0 <= record["nmi_true"] <= 1 and len(record["nmi_true_heads"]) == HEADS
-        assert record["sinkhorn_loss"] > 0 and record["n_empty"] == 0
     with (sela_run / "labels.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["index", "image", "cluster", "cluster_h1", "cluster_h2", "true_label"]
@@ -193,8 +201,10 @@ def test_label_transfer_trains_another_architecture_on_every_head(
     ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
     assert ckpt["arch"] == "resnet18" and ckpt["heads"]["linear.weight"].shape[0] == HEADS * 8
     assert (out / "labels.csv").read_text() == (sela_run / "labels.csv").read_text()
-    scores = evaluate(EvalConfig(str(out), knn_ks=(5,), probe_epochs=0, baseline=False, progress=False))
-    assert 0 <= scores["networks"]["trained"]["knn5"] <= 100
+    config = EvalConfig(str(out), knn_ks=(5,), probe_epochs=0, baseline=False, progress=False)
+    scores = evaluate(config)
+    images, kinds = pattern_images(160)
+    assert scores["networks"]["trained"] == evaluation_knn_reference(out, images, kinds, config)
 
 
 def test_transfer_refuses_labels_of_other_data(npz_data: Path, sela_run: Path, tmp_path: Path) -> None:

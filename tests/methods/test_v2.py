@@ -17,8 +17,9 @@ from deepcluster.engine.loop import Trainer
 from deepcluster.methods import METHODS
 from deepcluster.methods.v2 import v2_loss
 from deepcluster.models import PrototypeHead, build_backbone
+from deepcluster.models.backbone import Backbone
 from deepcluster.storage import RunDir, load_checkpoint
-from synthetic import small_config, write_pattern_npz
+from synthetic import forward_calls, small_config, weighted_knn_reference, write_pattern_npz
 
 V2_METHODS = ("deepcluster-v2", "sela-v2")
 
@@ -101,36 +102,56 @@ def test_crops_of_two_sizes_pass_a_resnet_in_one_step() -> None:
 # ---------------------------------------------------------------- whole runs
 @pytest.fixture(scope="module", params=V2_METHODS)
 def v2_run(request: pytest.FixtureRequest, npz_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The run, its result and trainer, the bank after each step, and every forward call of the backbone with
+    where each step ended among them."""
     out = tmp_path_factory.mktemp(request.param) / "run"
     seen: list[tuple[np.ndarray, torch.Tensor]] = []
+    steps_end: list[int] = []
 
     def watch(trainer: Trainer) -> None:  # after each step: the rows trained on and the bank
         seen.append(trainer.method.bank.clone())
+        steps_end.append(len(calls))
 
     trainer = Trainer(v2_config(request.param, npz_data, out, run={"knn_monitor": 100}), on_step=watch)
-    result = trainer.fit()
-    return request.param, out, result, trainer, seen
+    with forward_calls(Backbone) as calls:
+        result = trainer.fit()
+    return request.param, out, result, trainer, seen, (calls, steps_end)
 
 
 def test_a_v2_run_writes_every_set_s_labels(v2_run) -> None:
-    method, out, result, _, _ = v2_run
+    method, out, result, trainer, _, (calls, steps_end) = v2_run
     assert result.labels.shape == (160, 2)
     header = (out / "labels.csv").read_text().splitlines()[0].split(",")
     assert header[2:4] == ["cluster", "cluster_h1"]
     assert [r["epoch"] for r in result.history] == [0, 1]
     assert all(np.isfinite(r["loss"]) for r in result.history)
     # labels at each epoch's start (the first from a pass, the second from the bank, no extraction); labels.csv
-    # from a cluster-view pass of the trained network after the last step (final_labels=pass)
+    # from a cluster-view pass of the trained network after the last step (final_labels=pass). The images the
+    # backbone saw in eval mode between the 5 steps of each epoch say which passes ran:
     assert [r["label_updates"] for r in result.history] == [1, 1]
-    assert result.history[0]["seconds_extract"] > 0 and result.history[1]["seconds_extract"] < 0.05
+
+    def eval_rows(start: int, stop: int | None) -> int:
+        return sum(rows for training, rows, _ in calls[start:stop] if not training)
+
+    assert eval_rows(0, steps_end[0]) == 160  # epoch 0's labels: a pass over the 160 images
+    assert (
+        eval_rows(steps_end[4], steps_end[5]) == 100
+    )  # the k-NN monitor's 100 only: epoch 1's from the bank
+    assert eval_rows(steps_end[9], None) == 100 + 160  # the monitor, then labels.csv's pass
+    assert result.history[0]["seconds_extract"] > 0
+    assert result.history[1]["seconds_extract"] == 0.0  # no pass: nothing is timed (exactly zero)
     bank = load_checkpoint(out / "checkpoints" / "last.pt")["method"]["bank"]
     assert not torch.equal(bank[0], bank[1])  # the two large crops' projections, written by the training pass
     assert np.array_equal(result.labels, RunDir(out).read_labels().labels)
-    assert 0 <= result.history[-1]["knn_true"] <= 1
+    # knn_true: the weighted k-NN, by brute force here, of the embedding the monitor computed last
+    embedding = torch.cat([output for training, _, output in calls[steps_end[9] :] if not training])[:100]
+    rows = trainer.monitor.rows
+    expected = weighted_knn_reference(embedding.numpy(), (np.arange(160) % 4)[rows], k=20, temperature=0.07)
+    assert result.history[-1]["knn_true"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_the_bank_holds_the_projections_of_the_images_trained_on(v2_run) -> None:
-    method_name, out, result, trainer, seen = v2_run
+    method_name, out, result, trainer, seen, _ = v2_run
     method = trainer.method
     sample = method.sample(
         np.zeros((160, 2)), trainer.steps_per_epoch * trainer.batch_size, trainer.seed("sampler", 1)

@@ -48,4 +48,6 @@ def test_derived_seeds_are_stable_and_distinct():
     assert len(seeds) == 250
     assert derive_seed(0, "augment", 1, 2) != derive_seed(1, "augment", 1, 2)
     assert derive_seed(0, "a", 12) != derive_seed(0, "a1", 2)
-    assert 0 <= derive_seed(123, "x") < 2**63
+    # Pinned values (63 bits): a change would change every seeded draw, and older runs would not resume exactly
+    assert derive_seed(123, "x") == 9159628506969992771
+    assert derive_seed(0, "augment", 1, 2) == 8284109055007329335

@@ -43,8 +43,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _open_rgb(file: str | os.PathLike[str] | IO[bytes], formats: list[str] | None = None) -> Image.Image:
-    """Decode the image file ``file`` (a path or a binary file object) fully, as RGB."""
+    """Decode the image file ``file`` (a path or a binary file object) fully, as RGB. A decompression bomb is
+    refused before it is decoded: PIL itself refuses images above twice ``Image.MAX_IMAGE_PIXELS`` and only warns
+    above it (the warning would let a small file decode into gigabytes); both raise DecompressionBombError."""
     with Image.open(file, formats=formats) as image:
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit is not None and image.width * image.height > limit:
+            raise Image.DecompressionBombError(
+                f"Image size ({image.width * image.height} pixels) exceeds limit of {limit} pixels, could be "
+                "decompression bomb DOS attack."
+            )
         image.load()
         return to_rgb(image)
 
