@@ -25,10 +25,13 @@ is sweep.py's cifar10-train-10k.npz); --embedded: the embedded CIFAR-10 test spl
 port times N training steps after --warmup steps (its data loader's wait included: --workers processes make the
 crops beside the training, as in the official code) on a random memory bank; ours times N steps after --warmup as
 `engine/budget.py`'s `time_steps` does (the run's train view, forward, loss and SGD step on the decoded images,
-here on fresh rows each step). Prints both and the ratio official / ours.
+here on fresh rows each step). Prints both and the ratio official / ours. --warmup + N must fit in one epoch of
+the port (78 steps at 10,000 images). Time on a quiet machine: the port's data workers are extra processes, which
+take a larger share of a CPU that other jobs keep busy.
 
-The port is not in this repository (none of the official code is committed here). To recreate it in a folder
-(default /tmp/official) from facebookresearch/swav (commit 06b1b7c): copy `main_deepclusterv2.py` and `src/`, then
+The port is not in this repository (none of the official code is committed here; the port's folder has the full
+list of changes in CHANGES.md and as port.patch). To recreate it in a folder (default /tmp/official) from
+facebookresearch/swav (commit 06b1b7c): copy `main_deepclusterv2.py` and `src/`, then
   * src/utils.py: init_distributed_mode takes RANK / WORLD_SIZE from the environment with 0 / 1 as defaults, the
     gloo backend in place of nccl (init_method from --dist_url: env:// or file://), no cuda device to set;
     restart_from_checkpoint loads onto the CPU;
