@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runs import assert_same_run, command
-from synthetic import torchrun, write_pattern_npz
+from runs import command
+from synthetic import assert_same_run, torchrun, write_pattern_npz
 
 
 def _children(pid: int) -> list[int]:
@@ -49,7 +49,7 @@ def test_a_killed_worker_is_restarted_by_torchrun_and_the_run_ends_as_if_unbroke
     out = tmp_path / "elastic"
     launch = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=2",
-        "--monitor-interval=0.1", "-m", "deepcluster", "train", *command(data, out, "--auto-resume")[4:],
+        "--monitor-interval=0.1", "-m", "deepcluster", "train", *command(data, out)[4:],
         "--set=run.dist_timeout_minutes=1",
     ]  # fmt: skip
     environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -4,6 +4,9 @@ that never stopped; a finished run is left as it is; other settings in that fold
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from deepcluster.engine.stop import PREEMPTED_EXIT
+from deepcluster.cli import main
+from deepcluster.engine.stop import PREEMPTED_EXIT, StopRequests
 from deepcluster.storage import RunDir, read_header
-from runs import assert_same_run, command, environment, run
-from synthetic import write_pattern_npz
+from runs import command, environment, run
+from synthetic import assert_same_run, write_pattern_npz
 
 
 @pytest.fixture(scope="module")
@@ -25,78 +29,72 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def unbroken(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("unbroken") / "run"
-    done = run(command(data, out))
+    done = run(command(data, out))  # --auto-resume with nothing there: it starts
     assert done.returncode == 0, done.stderr[-2000:]
     return out
 
 
-def _stop_mid_run(arguments: list[str], out: Path, signal_number: int) -> subprocess.CompletedProcess[str]:
-    """Start `arguments`, send `signal_number` once its first checkpoint exists (the first labels are made, the
-    steps are running), and wait for it."""
+def test_every_stop_signal_is_noted_and_the_handlers_are_put_back() -> None:
+    before = signal.getsignal(signal.SIGUSR1)
+    with StopRequests().listening("TERM,USR1") as stops:
+        assert not stops.requested
+        os.kill(os.getpid(), signal.SIGUSR1)  # delivered to this (main) thread before kill returns
+        assert stops.received == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) is before
+
+
+def _signal_when(arguments: list[str], ready: Path) -> subprocess.CompletedProcess[str]:
+    """Start `arguments`, send SIGTERM as soon as `ready` exists, wait for the child."""
     child = subprocess.Popen(
         arguments, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    checkpoint = out / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 240
-    while not checkpoint.is_file() and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    child.send_signal(signal_number)
+    while not ready.is_file() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGTERM)
     stdout, stderr = child.communicate(timeout=240)
     return subprocess.CompletedProcess(arguments, child.returncode, stdout, stderr)
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGUSR1], ids=["TERM", "USR1"])
 def test_a_stop_signal_leaves_a_checkpoint_of_its_step_and_the_same_command_goes_on(
-    data: Path, unbroken: Path, tmp_path: Path, signal_number: int
+    data: Path, unbroken: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    arguments = command(data, out, "--auto-resume")
-    stopped = _stop_mid_run(arguments, out, signal_number)
-    name = signal.Signals(signal_number).name
+    arguments = command(data, out)
+    early = _signal_when(arguments, out / "request.yaml")  # while the images are decoded: no checkpoint yet
+    assert early.returncode in (PREEMPTED_EXIT, 0), early.stderr[-2000:]
+    checkpoint = out / "checkpoints" / "last.pt"
+    labelled = out / "labels" / "epoch_000.npy"
+    stopped = _signal_when(arguments, labelled)  # the same command goes on: its first labels are made
     assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr[-2000:]
-    header = read_header(out / "checkpoints" / "last.pt")
+    header = read_header(checkpoint)
     assert header is not None
-    where = f"stopped by {name} at epoch {header['epoch']}, step {header['step']}"
-    assert where in stopped.stderr and "--auto-resume" in stopped.stderr
-    assert (header["epoch"], header["step"]) != (4, 0) and not (out / "labels.csv").exists()
+    assert f"stopped by SIGTERM at epoch {header['epoch']}, step {header['step']}" in stopped.stderr
+    assert "--auto-resume" in stopped.stderr and not (out / "labels.csv").exists()
     assert (out / ".lock").read_text() == ""  # the lock was released
     again = run(arguments)  # the requeued job's unchanged command
     assert again.returncode == 0, again.stderr[-2000:]
     assert_same_run(unbroken, out)
+    assert RunDir(out).read_history()[-1]["epoch"] == 1
 
 
 def test_auto_resume_leaves_a_finished_run_and_refuses_other_settings(
-    data: Path, unbroken: Path, tmp_path: Path
+    data: Path,
+    unbroken: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     out = tmp_path / "run"
-    first = run(command(data, out, "--auto-resume"))  # no run there yet: it starts
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert_same_run(unbroken, out)
+    shutil.copytree(unbroken, out)
     stamp = (out / "checkpoints" / "last.pt").stat().st_mtime_ns
-    finished = run([*command(data, out, "--auto-resume"), "--threads", "2"])  # a resumable option may differ
-    assert finished.returncode == 0 and "finished already" in finished.stderr + finished.stdout
+    arguments = command(data, out)[3:]  # main()'s arguments
+    with caplog.at_level(logging.WARNING, logger="deepcluster"):
+        assert main([*arguments, "--threads", "2"]) == 0  # a setting a resume may change may differ
+    assert f"{out}: the run there has finished already (--auto-resume): nothing to do" in caplog.messages
     assert (out / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp  # nothing trained, nothing written
-    other = run([*command(data, out, "--auto-resume"), "--lr", "0.1"])
-    assert other.returncode == 2
-    assert "optim.lr: 0.05 -> 0.1" in other.stderr and str(out) in other.stderr
-    plain = run(command(data, out))  # without --auto-resume an existing run is still refused
-    assert plain.returncode == 2 and "a run already exists there" in plain.stderr
-
-
-def test_a_run_stopped_before_its_first_checkpoint_starts_again(
-    data: Path, unbroken: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "run"
-    arguments = command(data, out, "--auto-resume")
-    child = subprocess.Popen(
-        arguments, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    while not (out / "request.yaml").is_file() and child.poll() is None:
-        time.sleep(0.005)
-    child.send_signal(signal.SIGTERM)  # while the images are decoded: no labels, no checkpoint yet
-    child.communicate(timeout=240)
-    assert child.returncode in (PREEMPTED_EXIT, 0)
-    again = run(arguments)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert_same_run(unbroken, out)
-    assert RunDir(out).read_history()[-1]["epoch"] == 3
+    assert main([*arguments, "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.05 -> 0.1" in err and str(out) in err
+    assert main([a for a in arguments if a != "--auto-resume"]) == 2  # without it an existing run is refused
+    assert "a run already exists there" in capsys.readouterr().err
