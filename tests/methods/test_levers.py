@@ -122,3 +122,21 @@ def test_a_run_with_every_lever_trains_as_asked(npz_data: Path, tmp_path: Path) 
         first[0][24:], -first[0][:24]
     )  # 48 filters: 24 whitening directions and their negatives
     assert len(result.history) == 2
+
+
+def test_without_a_projection_head_deepcluster_v2_has_no_head_to_train(
+    npz_data: Path, tmp_path: Path
+) -> None:
+    v2 = {"n_sets": 2, "n_small": 2, "out_dim": 0}
+    config = small_config(
+        npz_data, tmp_path / "run", method="deepcluster-v2", deepcluster_v2=v2, run={"epochs": 1}
+    )
+    trainer = Trainer(config)
+    trainer.fit()
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["head_optimizer"] is None and set(checkpoint["heads"]) == {"prototypes"}
+    assert checkpoint["heads"]["prototypes"].shape == (
+        2,
+        8,
+        trainer.backbone.feature_dim,
+    )  # the embedding's size

@@ -106,8 +106,9 @@ class Networks:
         self.train_heads = None  # unhook the previous heads' wrapper before wrapping the new ones
         self.train_heads = self.procs.wrap(self.heads, getattr(self.heads, "every_parameter_used", True))
         self.n_classes = n_classes
-        optim = self.config.optim
-        self.head_optimizer = _sgd(self.heads.parameters(), optim.head_lr or optim.lr, self.config)
+        optim, trained = self.config.optim, [p for p in self.heads.parameters() if p.requires_grad]
+        # heads with nothing to train (DeepCluster-v2's fixed prototypes without a projection head): no optimiser
+        self.head_optimizer = _sgd(trained, optim.head_lr or optim.lr, self.config) if trained else None
 
     def unwrap(self) -> None:
         """Drop the DDP wrappers (the training modules become the modules themselves): a wrapper holds the
@@ -137,12 +138,12 @@ class Networks:
 
     def step(self, loss: torch.Tensor) -> None:
         """One SGD step of the backbone and the heads on `loss`."""
-        assert self.head_optimizer is not None
-        self.optimizer.zero_grad(set_to_none=True)
-        self.head_optimizer.zero_grad(set_to_none=True)
+        optimizers = [self.optimizer] + ([self.head_optimizer] if self.head_optimizer is not None else [])
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
-        self.head_optimizer.step()
+        for optimizer in optimizers:
+            optimizer.step()
 
     def first_non_finite(self) -> str | None:
         """'backbone weight NAME' (or 'head weight NAME', 'backbone buffer NAME') of the first parameter or
@@ -172,6 +173,7 @@ class Networks:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if checkpoint["heads"] is not None:
             self.new_heads(Assignment(labels=labels, n_classes=checkpoint["n_classes"]), epoch=epoch)
-            assert self.heads is not None and self.head_optimizer is not None
+            assert self.heads is not None
             self.heads.load_state_dict(checkpoint["heads"])
-            self.head_optimizer.load_state_dict(checkpoint["head_optimizer"])
+            if self.head_optimizer is not None:
+                self.head_optimizer.load_state_dict(checkpoint["head_optimizer"])
