@@ -1,5 +1,5 @@
 """`python -m deepcluster ...` (what torchrun starts) runs the command line."""
 
-from deepcluster.cli import main
+from deepcluster.entry import main
 
 raise SystemExit(main())

@@ -56,6 +56,32 @@ def _signal_when(arguments: list[str], ready: Path) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(arguments, child.returncode, stdout, stderr)
 
 
+def _catches(pid: int, number: int) -> bool:
+    """Whether process `pid` has a handler of its own for signal `number` (Linux: SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16)
+    return bool(caught >> (number - 1) & 1)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="reads the handlers from /proc")
+def test_a_stop_signal_while_python_is_still_loading_ends_with_the_preemption_code(
+    data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    arguments = command(data, out)
+    child = subprocess.Popen(
+        arguments, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while child.poll() is None and not _catches(child.pid, signal.SIGTERM) and time.monotonic() < deadline:
+        time.sleep(0.002)
+    child.send_signal(signal.SIGTERM)  # the package is still importing PyTorch (seconds): no run listens yet
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == PREEMPTED_EXIT, stderr[-2000:]  # not -15: the scheduler's requeue sees a stop
+    assert "stopped by SIGTERM while starting" in stderr
+    assert not out.exists()  # nothing was written: the same command starts the run afresh
+
+
 def test_a_stop_signal_leaves_a_checkpoint_of_its_step_and_the_same_command_goes_on(
     data: Path, unbroken: Path, tmp_path: Path
 ) -> None:

@@ -13,6 +13,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 CONV_KERNELS = ("onednn", "nnpack")
 SEED_MAX = 2**63 - 1
 """The largest run seed (torch's and the derived seeds' 63 bits)."""
+PREEMPTED_EXIT = 75
+"""The exit code of a run stopped by a stop signal (EX_TEMPFAIL: run the same command again): after writing the
+checkpoint of its step, or while it was still starting, with nothing yet to save."""
+"""The largest run seed (torch's and the derived seeds' 63 bits)."""
 
 
 def _seed(value: Any) -> str | None:

@@ -10,8 +10,9 @@ import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-PREEMPTED_EXIT = 75
-"""The exit code of a run stopped by a signal after writing its checkpoint (EX_TEMPFAIL: run it again)."""
+from deepcluster.config.run import PREEMPTED_EXIT
+
+__all__ = ["PREEMPTED_EXIT", "Preempted", "StopRequests", "signal_numbers", "stopping"]
 
 
 class Preempted(Exception):
