@@ -1,6 +1,12 @@
 """Training must learn: on small images whose classes survive the augmentations (stripe orientations and a
-checkerboard, in random colours), the default method's trained network separates the classes by k-NN far better
-than the same network at its random initialisation. Fails when a change stops the pipeline learning."""
+checkerboard, in random colours), DeepCluster-v2's trained network separates the classes by k-NN far better
+than the same network at the start of its training. Fails when a change stops the pipeline learning.
+
+Measured on an AMX Xeon, 1 thread (k-NN of the 384 images, k = 20): 0.393 at the start; trained 0.698 (bf16),
+0.677 (fp32), 0.680 (seed 1); with the learning rate at 1e-6 (training stopped, only batch-norm statistics
+move) 0.401. At this size the projection head makes it forget (0.393 -> 0.26-0.30 with the preset's head at 6
+epochs): labels come from the backbone's embedding (`deepcluster_v2.out_dim=0`), from grayscale images, and most
+training views are grayscale, so that the colour pairs, which say nothing of the class, do not make the labels."""
 
 from __future__ import annotations
 
@@ -20,8 +26,7 @@ from deepcluster.seeding import seed_everything
 
 SIZE = 16
 MARGIN = 0.15
-"""k-NN points the trained network must gain over its random initialisation (measured: about +0.26 on an AMX
-Xeon in bf16, 0.41 -> 0.67)."""
+"""k-NN points the trained network must gain over its start (measured +0.28 to +0.31; a stopped one +0.01)."""
 
 
 def textures(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,18 +65,26 @@ def test_the_default_method_learns_what_survives_its_augmentations(tmp_path: Pat
     np.savez(tmp_path / "textures.npz", images=images, labels=labels)
     overrides = {
         "data": {"data": str(tmp_path / "textures.npz")},
-        "model": {"arch": "alexnet_small_gap_half", "first_conv": "patches"},
-        "cluster": {"k": 16},
+        "model": {"arch": "alexnet_small_gap_half"},
+        "cluster": {"k": 16, "label_view": "grayscale"},
+        "augment": {"grayscale_prob": 0.8},
         "optim": {"batch_size": 64},
-        "deepcluster_v2": {"hidden": 128, "out_dim": 32, "n_sets": 2, "n_small": 2},
-        "run": {"epochs": 6, "out": str(tmp_path / "run"), "progress": False, "report": False, "seed": 0},
+        "deepcluster_v2": {"out_dim": 0, "n_sets": 2, "n_small": 2},
+        "run": {
+            "epochs": 12,
+            "knn_monitor": 0,
+            "out": str(tmp_path / "run"),
+            "progress": False,
+            "report": False,
+            "seed": 0,
+        },
     }
     config = apply_overrides(preset_config("default"), overrides)
     result = train(config)
     resolved = result.config
     view = ClusterView(SIZE, resolved.data.mean, resolved.data.std)
     pixels = view(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    seed_everything(resolved.run.seed)  # the run's own first weights (before the first layer was fitted)
-    random = build_backbone(resolved.model.arch, sobel=resolved.model.sobel, input_size=SIZE)
-    before, after = _knn(random, pixels, labels), _knn(result.backbone, pixels, labels)
-    assert after >= before + MARGIN, f"k-NN {before:.3f} at random initialisation, {after:.3f} trained"
+    seed_everything(resolved.run.seed)  # the run's own first weights
+    start = build_backbone(resolved.model.arch, sobel=resolved.model.sobel, input_size=SIZE)
+    before, after = _knn(start, pixels, labels), _knn(result.backbone, pixels, labels)
+    assert after >= before + MARGIN, f"k-NN {before:.3f} at the start of training, {after:.3f} trained"
