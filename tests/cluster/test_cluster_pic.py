@@ -165,3 +165,19 @@ def test_cluster_means_are_the_members_means() -> None:
     points, labels = rng.standard_normal((500, 7)).astype(np.float32), rng.integers(0, 9, size=500)
     expected = np.stack([points[labels == c].astype(np.float64).mean(axis=0) for c in range(9)])
     np.testing.assert_allclose(cluster_means(points, labels, 9), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_weights_that_v_itself_rounds_away_still_decide_the_pointers() -> None:
+    """A star of 6 leaves at squared distance 1.5 from its hub (weights exp(-1.5 / 0.04) ~ 5e-17, as nearest
+    neighbours in 256 whitened dimensions): v = (1 + O(alpha w)) / N is 1 / N to the last bit of a float64, yet
+    the hub's larger weighted degree makes it v's maximum; every leaf points to it: one cluster."""
+    ids = np.array([[1], [0], [0], [0], [0], [0], [0]])
+    distances = np.full((7, 1), 1.5)
+    v = np.full(7, 1 / 7)
+    graph = pic_graph(ids, distances, 0.2)
+    for _ in range(200):
+        v = 0.001 * (graph @ v) + 0.999 / 7
+        v /= v.sum()
+    assert np.ptp(v) == 0  # the iteration as written: no differences left, every node a local maximum
+    result = pic_labels(ids, distances, singletons=False)
+    np.testing.assert_array_equal(result.labels, np.zeros(7))
