@@ -126,17 +126,22 @@ def scaling_row(n: int, args: argparse.Namespace) -> str:
     return row
 
 
+def table(intro: str, columns: list[str]) -> list[str]:
+    """The lines before a Markdown table's rows: `intro`, the header of `columns`; the header is printed."""
+    header = ["| " + " | ".join(columns) + " |", "| " + " | ".join(["---"] * len(columns)) + " |"]
+    print("\n".join(header), flush=True)
+    return [intro, "", *header]
+
+
 def scaling(args: argparse.Namespace) -> list[str]:
-    lines = [
+    intro = (
         f"Data: unit vectors of dimension {args.dim}, a mixture of N / {args.per_centre} centres, per-point noise "
         f"scale log-uniform in [{args.spread[0]}, {args.spread[1]}], seed {args.seed}. PIC: nnn 5, sigma 0.2, "
-        "alpha 0.001, 200 iterations in float64, singletons moved; the k-NN search in float32 (faiss).",
-        "",
-        "| N | graph | k-NN s | weights s | power s | pointers s | singletons s | total s | points MB | "
-        "added MB (peak RssAnon) | peak RSS GB | clusters | moved | singletons | ARI to centres |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    print("\n".join(lines[2:]), flush=True)
+        "alpha 0.001, 200 iterations in float64, singletons moved; the k-NN search in float32 (faiss)."
+    )
+    columns = ["N", "graph", "k-NN s", "weights s", "power s", "pointers s", "singletons s", "total s"]
+    columns += ["points MB", "added MB (peak RssAnon)", "peak RSS GB", "clusters", "moved", "singletons"]
+    lines = table(intro, [*columns, "ARI to centres"])
     return lines + [scaling_row(n, args) for n in args.sizes]
 
 
@@ -160,7 +165,8 @@ def train_row(algorithm: str, args: argparse.Namespace, folder: Path) -> str:
     row = (
         f"| {algorithm} | {per_epoch} | {len(sizes)} | {nmi(truth, labels):.4f} | {ari(truth, labels):.4f} | "
         f"{sizes[0]} / {int(np.median(sizes))} / {sizes[-1]} | "
-        f"{weighted_knn_accuracy(embedding, truth, k=20, temperature=0.07):.4f} | {seconds:.0f} | {assign_s:.1f} |"
+        f"{weighted_knn_accuracy(embedding, truth, k=20, temperature=0.07):.4f} | {seconds:.0f} | {assign_s:.1f} | "
+        f"{precision.name} |"
     )
     print(row, flush=True)
     return row
@@ -168,17 +174,16 @@ def train_row(algorithm: str, args: argparse.Namespace, folder: Path) -> str:
 
 def side_by_side(args: argparse.Namespace) -> list[str]:
     folder = Path(tempfile.mkdtemp(prefix="deepcluster-pic-"))
-    lines = [
-        f"DeepCluster, preset {args.preset}, seed {args.seed}, data {args.data or 'the embedded CIFAR-10 test split'}"
-        f", settings {' '.join(args.set) or '(the preset)'}{f', {args.epochs} epochs' if args.epochs else ''}; "
-        "NMI/ARI of labels.csv to the true classes; k-NN: weighted, k 20, leave-one-out, trained embedding.",
-        "",
-        "| clustering | clusters per epoch | clusters in labels.csv | NMI | ARI | sizes min / median / max | "
-        "k-NN | training s | assigning s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    print("\n".join(lines[2:]), flush=True)
-    return lines + [train_row(algorithm, args, folder) for algorithm in ("kmeans", "pic")]
+    data = args.data or "the embedded CIFAR-10 test split"
+    epochs = f", {args.epochs} epochs" if args.epochs else ""
+    intro = (
+        f"DeepCluster, preset {args.preset}, seed {args.seed}, data {data}, settings "
+        f"{' '.join(args.set) or '(the preset)'}{epochs}; NMI/ARI of labels.csv to the true classes; k-NN: "
+        "weighted, k 20, leave-one-out, trained embedding."
+    )
+    columns = ["clustering", "clusters per epoch", "clusters in labels.csv", "NMI", "ARI"]
+    columns += ["sizes min / median / max", "k-NN", "training s", "assigning s", "precision"]
+    return table(intro, columns) + [train_row(algorithm, args, folder) for algorithm in ("kmeans", "pic")]
 
 
 def main() -> None:
