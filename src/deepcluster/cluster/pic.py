@@ -72,7 +72,7 @@ def unit_rows(points: np.ndarray) -> np.ndarray:
 def _torch_search(x: np.ndarray, k: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products of every row of `x` with all rows, on `device` in blocks of rows."""
     n = len(x)
-    data = torch.from_numpy(x).to(device)
+    data = torch.from_numpy(x if x.flags.writeable else x.copy()).to(device)
     rows = max(1, min(n, _BLOCK_ELEMENTS // n))
     scores, ids = np.empty((n, k), dtype=np.float32), np.empty((n, k), dtype=np.int64)
     with full_fp32_matmul(device):
