@@ -164,6 +164,7 @@ def test_deepcluster_with_distributed_kmeans_resumes_exactly(data: Path, tmp_pat
     [
         ("sela", ["--set", "sela.heads=2"]),
         ("deepercluster", ["--set", "deepercluster.super_clusters=2", "--set", "cluster.recluster_every=1"]),
+        pytest.param("deepcluster", ["--clustering", "pic"], id="deepcluster-pic"),  # classes: those found
     ],
 )
 def test_method_on_two_processes_agrees_with_one(

@@ -29,6 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SCHEDULES = ("constant", "cosine")
 KMEANS_BACKENDS = ("auto", "faiss", "torch")
+CLUSTERINGS = ("kmeans", "pic")
 PCA_BACKENDS = ("auto", "numpy", "torch")
 OPTIMIZERS = ("sgd", "lars")
 
@@ -160,6 +161,15 @@ class ModelConfig:
 class ClusterConfig:
     """How features become pseudo-labels."""
 
+    algorithm: str = option(
+        "kmeans",
+        "how DeepCluster (v1) clusters: kmeans (cluster.k clusters) or pic (Power Iteration Clustering on a "
+        "graph of nearest neighbours, as the official code's --clustering PIC: the number of clusters is found, "
+        "cluster.k plays no part)",
+        flag="--clustering",
+        metavar="{kmeans,pic}",
+        check=one_of(*CLUSTERINGS),
+    )
     k: int = option(100, "number of clusters", flag="--k", check=whole(2))
     pca_dim: int = option(256, "PCA-whitening output size (0 turns PCA off)", check=whole(0))
     pca_sample: int | None = option(
@@ -184,6 +194,20 @@ class ClusterConfig:
         "auto",
         "faiss (CPU), torch (on the run's device) or auto: torch on a CUDA run, faiss otherwise",
         check=one_of(*KMEANS_BACKENDS),
+    )
+    pic_nnn: int = option(5, "PIC: nearest neighbours of each image in the graph", check=positive)
+    pic_sigma: float = option(
+        0.2, "PIC: bandwidth of the edge weights exp(-d / sigma^2) (d: squared distance)", check=number(0)
+    )
+    pic_alpha: float = option(
+        0.001,
+        "PIC: weight of the graph in the power iteration v <- alpha W v + (1 - alpha) / N",
+        check=number(0, high=1),
+    )
+    pic_iters: int = option(200, "PIC: power iterations", check=positive)
+    pic_singletons: bool = option(
+        True,
+        "PIC: move each image alone in its cluster to the cluster of its nearest neighbour in a larger one",
     )
     recluster_every: int | None = option(
         None,
@@ -213,6 +237,14 @@ class ClusterConfig:
         "under torchrun: k-means over the processes' shards (all-reduced) instead of gathering the features",
         flag="--distributed-kmeans",
     )
+
+    def check(self, config: Any) -> None:
+        """Rules across options (`config`: the whole `TrainConfig`)."""
+        if self.algorithm == "pic" and self.distributed_kmeans:
+            raise ConfigError(
+                "--clustering pic with --distributed-kmeans: PIC's graph of nearest neighbours needs every "
+                "image's features on one process; drop --distributed-kmeans (cluster.distributed_kmeans)"
+            )
 
 
 @dataclass

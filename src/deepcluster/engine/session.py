@@ -23,7 +23,13 @@ from deepcluster.engine.labels import LabelPhase
 from deepcluster.engine.monitor import KnnMonitor
 from deepcluster.engine.networks import Networks, first_conv_from_data, new_backbone
 from deepcluster.engine.resources import RunImages, RunResources
-from deepcluster.engine.setup import fit_data_size, refuse_before_data, resolve_config, run_device
+from deepcluster.engine.setup import (
+    fit_data_size,
+    refuse_before_data,
+    refuse_clustering,
+    resolve_config,
+    run_device,
+)
 from deepcluster.engine.state import LoopState, TrainingDiverged, checkpoint_state, loop_state, rng_states
 from deepcluster.methods import MethodRegistry
 from deepcluster.models import check_arch
@@ -51,6 +57,7 @@ class Session:
         """The settings as given (request.yaml: what `--auto-resume` compares a new command with)."""
         self.method_class = methods[config.method]
         config.validate()
+        refuse_clustering(config, self.method_class, methods)
         check_arch(config.model.arch)
         device = run_device(config)
         self.restarted = bool(resume and config.run.out and not RunDir(config.run.out).has_checkpoint())
@@ -199,13 +206,13 @@ class Session:
             self._load()
         self.resources.open_writer(purge_step=self.state.epoch or None)
         log.info(
-            "run %s: %s on %d images, arch %s at %d px, k=%d, %s/%s, %d steps/epoch",
+            "run %s: %s on %d images, arch %s at %d px, %s, %s/%s, %d steps/epoch",
             self.run_dir.root,
             cfg.method,
             n_images,
             cfg.model.arch,
             cfg.data.input_size,
-            cfg.cluster.k,
+            "clusters by PIC" if cfg.cluster.algorithm == "pic" else f"k={cfg.cluster.k}",
             device,
             self.precision.name,
             self.steps_per_epoch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 
 import torch
 
@@ -91,6 +92,20 @@ def fit_data_size(
         )
         config = dataclasses.replace(config, optim=dataclasses.replace(optim, batch_size=batch))
     return method.fit_to_data(config, n_images, feature_dim)
+
+
+def refuse_clustering(config: TrainConfig, method: type[Method], methods: Iterable[type[Method]]) -> None:
+    """Raise ConfigError when `method` does not label with `cluster.algorithm` (`Method.clusterings`), naming
+    the `methods` that do."""
+    algorithm = config.cluster.algorithm
+    if algorithm in method.clusterings:
+        return
+    able = [other.name for other in methods if algorithm in other.clusterings]
+    raise ConfigError(
+        f"--clustering {algorithm}: --method {config.method} labels with {', '.join(method.clusterings)} only; "
+        f"{algorithm} is for --method {' or '.join(able) or '(none registered)'} (DeepCluster v1, as in the "
+        f"official code); drop --clustering {algorithm} (cluster.algorithm) or change the method"
+    )
 
 
 def refuse_before_data(config: TrainConfig, method: type[Method], n_images: int) -> None:

@@ -98,6 +98,8 @@ class Method(ABC):
     Config: ClassVar[type | None] = None
     """The method's own settings section (a dataclass of `option` fields), reachable as `config.<name>`; it may
     define `check(config)` for rules across sections."""
+    clusterings: ClassVar[tuple[str, ...]] = ("kmeans",)
+    """The `cluster.algorithm` choices the method labels with (`--clustering`); the engine refuses the others."""
 
     def __init__(self, config: TrainConfig, device: torch.device | None = None) -> None:
         self.config = config

@@ -12,19 +12,30 @@ from deepcluster.cluster import KMeansResult, PCAWhitening
 from deepcluster.cluster.distributed import distributed_kmeans, distributed_pca_fit
 from deepcluster.config import TrainConfig
 from deepcluster.methods.base import Assignment, ExtractingMethod, ProcessGroup, cluster_sizes
-from deepcluster.methods.clustering import fit_clustering, kmeans_fit, pca_device, whiten
+from deepcluster.methods.clustering import (
+    fit_clustering,
+    fit_pic,
+    kmeans_fit,
+    pca_device,
+    pic_assignment,
+    whiten,
+)
 from deepcluster.methods.predict import Prediction, nearest, pca_apply, pca_state
 from deepcluster.models import ClassifierHead
 
 
 class DeepCluster(ExtractingMethod):
-    """Features: the penultimate FC output before its ReLU; labels: k-means; head: ReLU + Linear(D, k)."""
+    """Features: the penultimate FC output before its ReLU; labels: k-means, or PIC (`--clustering pic`, as many
+    clusters as it finds); head: ReLU + Linear(D, clusters)."""
 
     name = "deepcluster"
-    summary = "k-means labels, a fresh top layer each epoch (Caron et al., 2018)"
+    summary = "k-means (or PIC) labels, a fresh top layer each epoch (Caron et al., 2018)"
+    clusterings = ("kmeans", "pic")
 
     @classmethod
     def fit_to_data(cls, config: TrainConfig, n_images: int, feature_dim: int | None) -> TrainConfig:
+        if config.cluster.algorithm == "pic":
+            return fit_pic(config, n_images, feature_dim)
         k = super().fit_to_data(config, n_images, feature_dim).cluster.k
         return fit_clustering(config, n_images, feature_dim, k, f"--k {k}")
 
@@ -34,10 +45,13 @@ class DeepCluster(ExtractingMethod):
     def assign(self, values: np.ndarray, heads: nn.Module | None, seed: int) -> Assignment:
         settings = self.config.cluster
         pca, points = whiten(values, settings, seed, self.device)
+        if settings.algorithm == "pic":  # as many classes as PIC finds: the top layer follows them
+            return pic_assignment(points, pca, settings, seed, self.device)
         return _assignment(kmeans_fit(settings, self.device)(points, settings.k, seed), pca)
 
     def predict(self, values: np.ndarray, state: dict[str, Any]) -> Prediction:
-        """The nearest centroid (squared L2) of the features whitened by the assignment's PCA."""
+        """The nearest centroid (squared L2) of the features whitened by the assignment's PCA (with PIC: the
+        nearest cluster centre, the mean of the cluster's whitened members)."""
         return Prediction.from_columns([nearest(pca_apply(state, values), state["centroids"])], "distance")
 
     def assign_sharded(self, shard: np.ndarray, seed: int, processes: ProcessGroup) -> Assignment:

@@ -78,6 +78,12 @@ def build_report(
         return _build(run, options, trust_checkpoint)
 
 
+def configured_clusters(config: TrainConfig) -> int | None:
+    """The clusters the run asked for (`cluster.k`), which the size histogram counts empty ones against; None
+    for PIC, which finds its own number."""
+    return None if config.cluster.algorithm == "pic" else config.cluster.k
+
+
 def _build(run: RunDir, options: ReportOptions, trust_checkpoint: bool) -> Path:
     config = load_config(run.config)  # what the report shows needs no method's own section
     model = None  # loaded first: a refused checkpoint stops the build before anything is written
@@ -89,7 +95,7 @@ def _build(run: RunDir, options: ReportOptions, trust_checkpoint: bool) -> Path:
     sections = [
         Section(
             "Training curves",
-            plot_curves(history, run.last_epoch_labels(), out, n_clusters=config.cluster.k),
+            plot_curves(history, run.last_epoch_labels(), out, n_clusters=configured_clusters(config)),
             note=f"{len(history)} epoch(s) of {config.method}; numbers per epoch from metrics.jsonl.",
         )
     ]
