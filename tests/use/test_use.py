@@ -14,7 +14,9 @@ from PIL import Image
 import deepcluster
 from deepcluster.api import train
 from deepcluster.cli import main
+from deepcluster.data.sources import open_source
 from deepcluster.storage import RunDir
+from deepcluster.use.images import to_pil
 from synthetic import pattern_images, small_config, write_pattern_npz
 
 METHODS = {
@@ -134,6 +136,24 @@ def test_images_come_as_paths_pil_arrays_and_tensors(runs: dict[str, Path], tmp_
     embeddings = run.embed(forms)
     assert np.allclose(embeddings, embeddings[0], atol=1e-6)
     assert run.assign(forms).labels.shape == (4, 2)  # one label per prototype set (n_sets=2)
+
+
+def test_a_transparent_image_is_read_as_training_reads_it(tmp_path: Path) -> None:
+    """A trained run reads images with transparency as its training did (composited on white), whether given as
+    a file, a PIL image or an RGBA array: the same pixels as the folder source gives the run."""
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., :3] = (200, 40, 10)
+    rgba[:4, :, 3] = 255  # top half opaque, bottom half fully transparent
+    path = tmp_path / "images" / "a.png"
+    path.parent.mkdir()
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    expected = np.zeros((8, 8, 3), dtype=np.uint8)
+    expected[:4] = (200, 40, 10)
+    expected[4:] = 255  # white where nothing was painted
+    trained_on = np.asarray(open_source(str(path.parent)).load(0))
+    assert np.array_equal(trained_on, expected)
+    for form in (str(path), Image.fromarray(rgba, mode="RGBA"), rgba):
+        assert np.array_equal(np.asarray(to_pil(form)), expected)
 
 
 def test_a_folder_with_corrupt_files_is_embedded_with_them_skipped(

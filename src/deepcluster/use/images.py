@@ -17,7 +17,7 @@ from PIL import Image
 
 from deepcluster.config import ConfigError
 from deepcluster.data.decode import square_image
-from deepcluster.data.sources import ImageSource
+from deepcluster.data.sources import ImageSource, open_rgb, to_rgb
 
 ImageLike = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
 """A path, a PIL image, a uint8 array (H x W x 3, H x W) or a uint8 tensor (3 x H x W)."""
@@ -37,19 +37,19 @@ class Batch:
 
 
 def to_pil(item: ImageLike) -> Image.Image:
-    """One image as an RGB PIL image; ValueError naming what is wrong."""
+    """One image as an RGB PIL image, converted as training decodes its images (`to_rgb`: transparency on white,
+    16-bit grayscale scaled; a file above PIL's pixel limit refused as a decompression bomb); ValueError naming
+    what is wrong."""
     if isinstance(item, (str, os.PathLike)):
-        with Image.open(Path(item)) as opened:
-            opened.load()
-            return opened.convert("RGB")
+        return open_rgb(Path(item))
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
+        return to_rgb(item)
     if isinstance(item, torch.Tensor):
         if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] not in (1, 3):
             raise ValueError(
                 f"a tensor image must be uint8 [3, H, W] (or [1, H, W]), got {item.dtype} {tuple(item.shape)}"
             )
-        return TF.to_pil_image(item).convert("RGB")
+        return to_rgb(TF.to_pil_image(item))
     if isinstance(item, np.ndarray):
         if (
             item.dtype != np.uint8
@@ -59,9 +59,7 @@ def to_pil(item: ImageLike) -> Image.Image:
             raise ValueError(
                 f"an array image must be uint8 H x W x 3 (or H x W), got {item.dtype} {item.shape}"
             )
-        return Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[2] == 1 else item).convert(
-            "RGB"
-        )
+        return to_rgb(Image.fromarray(item.squeeze(-1) if item.ndim == 3 and item.shape[2] == 1 else item))
     raise ValueError(f"cannot read an image from a {type(item).__name__}")
 
 
@@ -112,7 +110,7 @@ def _decode(entries: Iterable[tuple[int, str, Any]], resize: int, input_size: in
     tensors, names, indices, skipped = [], [], [], []
     for index, name, load in entries:
         try:
-            tensor = TF.pil_to_tensor(square_image(load().convert("RGB"), resize, input_size))
+            tensor = TF.pil_to_tensor(square_image(to_rgb(load()), resize, input_size))
         except Exception as error:  # one bad image is reported, never fatal unless asked
             if strict:
                 raise ConfigError(

@@ -4,8 +4,8 @@ Every source returns RGB :class:`PIL.Image.Image` objects from :meth:`ImageSourc
 source has them, are only meant for evaluation. Transparent images are composited on a white background.
 
 This package holds :func:`open_source`, which picks the source for a ``--data`` value; the sources live in
-``base`` (:class:`ImageSource`, :class:`DataError`, :func:`to_rgb`), ``files`` (folders and image lists),
-``archives`` (arrays, image-bytes archives, the embedded data set), ``shards`` (WebDataset tar shards) and
+``base`` (:class:`ImageSource`, :class:`DataError`, :func:`to_rgb`, :func:`open_rgb`), ``files`` (folders and
+image lists), ``archives`` (arrays, image-bytes archives, the embedded data set), ``shards`` (WebDataset tar shards) and
 ``torchvision_sets``.
 """
 
@@ -21,7 +21,7 @@ from deepcluster.data.sources.archives import (
     _npz_has_jpeg_keys,
     embedded_source,
 )
-from deepcluster.data.sources.base import DataError, ImageSource, to_rgb
+from deepcluster.data.sources.base import DataError, ImageSource, open_rgb, to_rgb
 from deepcluster.data.sources.files import IMAGE_EXTENSIONS, FileListSource, FolderSource
 from deepcluster.data.sources.shards import ShardSource, is_shard_spec, write_shards
 from deepcluster.data.sources.torchvision_sets import (
@@ -46,6 +46,7 @@ __all__ = [
     "canonical_dataset_name",
     "embedded_source",
     "open_source",
+    "open_rgb",
     "to_rgb",
     "write_shards",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb, to_rgb
+from deepcluster.data.sources.base import DataError, ImageSource, _describe, open_rgb, to_rgb
 from deepcluster.data.sources.pread import PositionalFiles, stored_npy_range
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -206,7 +206,7 @@ class JpegBytesSource(ImageSource):
     def load(self, index: int) -> Image.Image:
         data = self.raw_bytes(index)
         formats = ["JPEG"] if data.startswith(_JPEG_MAGIC) else None  # skips format probing (faster)
-        return _open_rgb(io.BytesIO(data), formats)
+        return open_rgb(io.BytesIO(data), formats)
 
 
 def _npz_has_jpeg_keys(path: Path) -> bool:

@@ -42,7 +42,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open_rgb(file: str | os.PathLike[str] | IO[bytes], formats: list[str] | None = None) -> Image.Image:
+def open_rgb(file: str | os.PathLike[str] | IO[bytes], formats: list[str] | None = None) -> Image.Image:
     """Decode the image file ``file`` (a path or a binary file object) fully, as RGB. A decompression bomb is
     refused before it is decoded: PIL itself refuses images above twice ``Image.MAX_IMAGE_PIXELS`` and only warns
     above it (the warning would let a small file decode into gigabytes); both raise DecompressionBombError."""

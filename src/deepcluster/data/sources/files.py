@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from deepcluster.data.sources.base import DataError, ImageSource, _describe, _format_count, _open_rgb
+from deepcluster.data.sources.base import DataError, ImageSource, _describe, _format_count, open_rgb
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -82,7 +82,7 @@ class FolderSource(ImageSource):
         return self.root / self._paths[self._check_index(index)]
 
     def load(self, index: int) -> Image.Image:
-        return _open_rgb(self.path(index))
+        return open_rgb(self.path(index))
 
     def name(self, index: int) -> str:
         return self._paths[self._check_index(index)].as_posix()
@@ -141,7 +141,7 @@ class FileListSource(ImageSource):
         return self._base / Path(self._relative[self._check_index(index)]).expanduser()
 
     def load(self, index: int) -> Image.Image:
-        return _open_rgb(self.path(index))
+        return open_rgb(self.path(index))
 
     def name(self, index: int) -> str:
         return self._relative[self._check_index(index)]

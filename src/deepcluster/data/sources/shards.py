@@ -30,7 +30,7 @@ from typing import IO, Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from deepcluster.data.sources.base import DataError, ImageSource, _describe, _open_rgb
+from deepcluster.data.sources.base import DataError, ImageSource, _describe, open_rgb
 from deepcluster.data.sources.pread import PositionalFiles
 from deepcluster.storage.files import atomic_write
 
@@ -175,7 +175,7 @@ class ShardSource(ImageSource):
     def load(self, index: int) -> Image.Image:
         data = self.raw_bytes(index)
         try:
-            return _open_rgb(io.BytesIO(data))
+            return open_rgb(io.BytesIO(data))
         except UnidentifiedImageError:  # PIL names the buffer object: say what it was
             raise UnidentifiedImageError(f"not an image (a member of {len(data)} bytes)") from None
 
