@@ -19,6 +19,7 @@ FLOORS: list[tuple[str, ...]] = [  # bottom up; a part may import only from the 
     ("report",),
     ("api",),  # the public Python API
     ("cli", "__init__"),  # the command line and the package's own names
+    ("entry",),  # the `deepcluster` command: stop signals while loading
     ("__main__",),
 ]
 
