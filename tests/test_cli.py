@@ -149,34 +149,62 @@ def test_sigkill_mid_epoch_then_resume_gives_the_unbroken_result(
     assert_same_run(unbroken, out)
 
 
+def _writing(checkpoints: Path) -> list[str]:
+    """The temporary files of checkpoint saves in progress (storage/files.py's `.last.pt.*.tmp`)."""
+    with contextlib.suppress(FileNotFoundError):
+        return [name for name in os.listdir(checkpoints) if name.startswith(".last.pt.")]
+    return []
+
+
+def _freeze_mid_write(process: subprocess.Popen[str], checkpoints: Path) -> list[str]:
+    """Freeze the run (SIGSTOP) whenever a checkpoint is being written, until it is frozen with the temporary file
+    still there (mid-write, for sure); its name(s)."""
+    while True:
+        _wait_for(lambda: bool(_writing(checkpoints)), process, "a checkpoint being written")
+        os.kill(process.pid, signal.SIGSTOP)
+        if left := _writing(checkpoints):
+            return left
+        os.kill(process.pid, signal.SIGCONT)  # the save ended between the two looks: wait for the next
+
+
 def test_sigkill_during_a_checkpoint_write_then_resume_gives_the_unbroken_result(
     npz_data: Path, unbroken: Path, tmp_path: Path
 ) -> None:
-    """The run is frozen (SIGSTOP) whenever its checkpoints/ holds the temporary file of a save in progress
-    (storage/files.py's `.last.pt.*.tmp`); the first time the file is still there while it is frozen, it is
-    killed: mid-write, for sure."""
     out = tmp_path / "killed"
     checkpoints = out / "checkpoints"
     process = start(npz_data, out)
-
-    def writing() -> list[str]:
-        with contextlib.suppress(FileNotFoundError):
-            return [name for name in os.listdir(checkpoints) if name.startswith(".last.pt.")]
-        return []
-
     try:
-        while True:
-            _wait_for(lambda: bool(writing()), process, "a checkpoint being written")
-            os.kill(process.pid, signal.SIGSTOP)
-            if writing():
-                break
-            os.kill(process.pid, signal.SIGCONT)  # the save ended between the two looks: wait for the next
-        left = writing()
+        left = _freeze_mid_write(process, checkpoints)
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait()
-    assert [name for name in os.listdir(checkpoints) if name.startswith(".last.pt.")] == left
+    assert _writing(checkpoints) == left
     resume_child(out)  # the half-written file left by the kill plays no part
+    assert_same_run(unbroken, out)
+
+
+def test_ctrl_c_during_a_checkpoint_write_completes_the_write_then_exits_130(
+    npz_data: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    """Interrupted inside torch.save, its zip writer raised its own error over the interrupt (a traceback, exit
+    1); the write now completes and the interrupt is raised after it."""
+    out = tmp_path / "interrupted"
+    checkpoints = out / "checkpoints"
+    process = start(npz_data, out)
+    try:
+        _freeze_mid_write(process, checkpoints)
+        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGCONT)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["deepcluster: interrupted; resume with --resume RUN_DIR"]
+    assert _writing(checkpoints) == [] and not (out / "labels.csv").exists()
+    load_checkpoint(checkpoints / "last.pt")  # complete
+    resume_child(out)
     assert_same_run(unbroken, out)
 
 
@@ -187,7 +215,10 @@ def test_ctrl_c_exits_130_and_resume_gives_the_unbroken_result(
     process = start(npz_data, out)
     try:
         _wait_for((out / "checkpoints" / "last.pt").exists, process, "a checkpoint")
-        process.send_signal(signal.SIGINT)
+        os.kill(process.pid, signal.SIGSTOP)  # so that the Ctrl-C comes mid-run, however loaded the machine
+        assert not (out / "labels.csv").exists()
+        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGCONT)
         _, stderr = process.communicate(timeout=300)
     finally:
         if process.poll() is None:

@@ -3,10 +3,13 @@ fails raises `WriteFailed` naming the file, and leaves the old version in place.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -39,14 +42,43 @@ def file_mode() -> int:
     return 0o644
 
 
+@contextlib.contextmanager
+def ctrl_c_after() -> Iterator[None]:
+    """Inside the block a Ctrl-C (SIGINT) is noted, not raised; it is raised as KeyboardInterrupt when the block
+    ends. A KeyboardInterrupt in the middle of `torch.save` leaves its zip writer in a state whose own error then
+    replaces the interrupt (a traceback and exit 1 instead of "interrupted", exit 130). Only where Python's own
+    handler is in place, in the main thread (elsewhere signals are not ours to change)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    noted: list[int] = []
+    signal.signal(signal.SIGINT, lambda number, _frame: noted.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if noted:
+        raise KeyboardInterrupt
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     write: Callable[[IO[bytes]], None],
     before_replace: Callable[[], None] | None = None,
 ) -> None:
     """Call `write(file)` on a temporary file beside `path`, flush it to disk, then rename it over `path`
-    (`before_replace`, e.g. keeping the old file under another name, runs just before the rename)."""
-    path = Path(path)
+    (`before_replace`, e.g. keeping the old file under another name, runs just before the rename). A Ctrl-C
+    during the write takes effect when it is complete."""
+    with ctrl_c_after():
+        _write_and_replace(Path(path), write, before_replace)
+
+
+def _write_and_replace(
+    path: Path, write: Callable[[IO[bytes]], None], before_replace: Callable[[], None] | None
+) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
