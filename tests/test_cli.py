@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -183,40 +184,11 @@ def test_sigkill_during_a_checkpoint_write_then_resume_gives_the_unbroken_result
     assert_same_run(unbroken, out)
 
 
-def test_ctrl_c_during_a_checkpoint_write_completes_the_write_then_exits_130(
-    npz_data: Path, unbroken: Path, tmp_path: Path
-) -> None:
-    """Interrupted inside torch.save, its zip writer raised its own error over the interrupt (a traceback, exit
-    1); the write now completes and the interrupt is raised after it."""
-    out = tmp_path / "interrupted"
-    checkpoints = out / "checkpoints"
-    process = start(npz_data, out)
+def _ctrl_c_when_frozen(process: subprocess.Popen[str], out: Path, freeze: Callable[[], object]) -> None:
+    """`freeze()` stops the run at a chosen point (SIGSTOP); then a Ctrl-C, which must end it with 130 and the
+    one line that says how to resume, before the end of the run."""
     try:
-        _freeze_mid_write(process, checkpoints)
-        os.kill(process.pid, signal.SIGINT)
-        os.kill(process.pid, signal.SIGCONT)
-        _, stderr = process.communicate(timeout=300)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, stderr
-    assert stderr.strip().splitlines() == ["deepcluster: interrupted; resume with --resume RUN_DIR"]
-    assert _writing(checkpoints) == [] and not (out / "labels.csv").exists()
-    load_checkpoint(checkpoints / "last.pt")  # complete
-    resume_child(out)
-    assert_same_run(unbroken, out)
-
-
-def test_ctrl_c_exits_130_and_resume_gives_the_unbroken_result(
-    npz_data: Path, unbroken: Path, tmp_path: Path
-) -> None:
-    out = tmp_path / "interrupted"
-    process = start(npz_data, out)
-    try:
-        _wait_for((out / "checkpoints" / "last.pt").exists, process, "a checkpoint")
-        os.kill(process.pid, signal.SIGSTOP)  # so that the Ctrl-C comes mid-run, however loaded the machine
-        assert not (out / "labels.csv").exists()
+        freeze()
         os.kill(process.pid, signal.SIGINT)
         os.kill(process.pid, signal.SIGCONT)
         _, stderr = process.communicate(timeout=300)
@@ -227,6 +199,34 @@ def test_ctrl_c_exits_130_and_resume_gives_the_unbroken_result(
     assert process.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["deepcluster: interrupted; resume with --resume RUN_DIR"]
     assert not (out / "labels.csv").exists()  # it stopped before the end
+
+
+def test_ctrl_c_during_a_checkpoint_write_completes_the_write_then_exits_130(
+    npz_data: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    """Interrupted inside torch.save, its zip writer raised its own error over the interrupt (a traceback, exit
+    1), or the first checkpoint was lost; the write now completes and the interrupt is raised after it."""
+    out = tmp_path / "interrupted"
+    checkpoints = out / "checkpoints"
+    process = start(npz_data, out)
+    _ctrl_c_when_frozen(process, out, lambda: _freeze_mid_write(process, checkpoints))
+    assert _writing(checkpoints) == []
+    load_checkpoint(checkpoints / "last.pt")  # complete
+    resume_child(out)
+    assert_same_run(unbroken, out)
+
+
+def test_ctrl_c_exits_130_and_resume_gives_the_unbroken_result(
+    npz_data: Path, unbroken: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "interrupted"
+    process = start(npz_data, out)
+
+    def after_the_first_checkpoint() -> None:  # frozen, so that the Ctrl-C comes mid-run on a loaded machine
+        _wait_for((out / "checkpoints" / "last.pt").exists, process, "a checkpoint")
+        os.kill(process.pid, signal.SIGSTOP)
+
+    _ctrl_c_when_frozen(process, out, after_the_first_checkpoint)
     resume_child(out)
     assert_same_run(unbroken, out)
 
