@@ -18,7 +18,7 @@ from deepcluster.methods import METHODS
 from deepcluster.methods.base import regular_updates
 from deepcluster.methods.v2 import variance_term
 from deepcluster.models import PrototypeHead
-from deepcluster.models.init import whitening_filters
+from deepcluster.models.init import random_patches, whitening_filters
 from deepcluster.storage import load_checkpoint
 from synthetic import small_config, write_pattern_npz
 
@@ -62,6 +62,15 @@ def test_whitening_filters_respond_with_unit_variance_and_no_correlation() -> No
     np.testing.assert_allclose(covariance - np.diag(np.diag(covariance)), 0.0, atol=0.03)
     torch.testing.assert_close(conv.weight[10:], -conv.weight[:10])  # each direction and its negative
     assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_random_patches_are_the_rows_of_unfold_that_the_same_draw_picks() -> None:
+    inputs = torch.randn(5, 3, 9, 7, generator=torch.Generator().manual_seed(0))
+    rows = random_patches(inputs, (3, 2), 40, torch.Generator().manual_seed(1))
+    columns = nn.functional.unfold(inputs, (3, 2)).transpose(1, 2).reshape(-1, 18)
+    picked = torch.randperm(len(columns), generator=torch.Generator().manual_seed(1))[:40]
+    torch.testing.assert_close(rows, columns[picked], rtol=0, atol=0)
+    assert len(random_patches(inputs, (3, 2), 10_000, torch.Generator())) == len(columns)  # all, when fewer
 
 
 def test_the_variance_term_is_zero_when_spread_and_the_gap_when_collapsed() -> None:
