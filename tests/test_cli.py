@@ -92,10 +92,22 @@ KILLABLE = [*SMALL_RUN, *SMALL_SET, "--checkpoint-every", "1", "--threads", "1",
 every process that runs it)."""
 
 
+def _as_from_a_terminal() -> None:
+    """In the child, before exec: Ctrl-C at its default, as in a terminal's foreground job. A suite started in
+    the background by a shell without job control (`nohup ... &`, some CI runners) ignores SIGINT, every child
+    inherits that, and Python then installs no KeyboardInterrupt handler (the Ctrl-C tests' runs went on to
+    the end)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(npz_data: Path, out: Path) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "deepcluster", "train", "--data", str(npz_data), "--out", str(out)]
     return subprocess.Popen(
-        [*command, *KILLABLE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        [*command, *KILLABLE],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_as_from_a_terminal,
     )
 
 

@@ -37,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # default scale range, k = 10,000 (lower it with --k on small data).
     "paper": {  # for --method deepcluster, which it implies when no method is named
         "augment": {"crop_scale": [0.08, 1.0], "color_jitter": 0.0, "grayscale_prob": 0.0},
+        "model": {"first_conv": "random"},
         "cluster": {"k": 10000},
         "optim": {"lr": 0.05, "schedule": "constant", "batch_size": 256},
         "run": {"epochs": 500},

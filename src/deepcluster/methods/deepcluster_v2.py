@@ -35,6 +35,13 @@ class DeepClusterV2(V2Method):
     name = "deepcluster-v2"
     summary = "spherical k-means of the projections, prototypes = centroids, multi-crop (Caron et al., 2020)"
     Config = DeepClusterV2Config
+    # What the sweep found learns most within minutes, on both selection sets and seeds (benchmarks/sweep.py,
+    # README "Learning within a budget"): LARS (as the SwAV paper trains it) and the first layer from the data.
+    defaults = {
+        **V2Method.defaults,
+        "model": {**V2Method.defaults["model"], "first_conv": "patches"},
+        "optim": {**V2Method.defaults["optim"], "optimizer": "lars"},
+    }
 
     def assign_set(
         self, projections: np.ndarray, heads: nn.Module | None, index: int, seed: int
