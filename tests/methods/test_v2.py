@@ -135,7 +135,9 @@ def test_a_v2_run_writes_every_set_s_labels(v2_run) -> None:
 
     # DeepCluster-v2's first layer from the data (model.first_conv=patches, its default) sees min(N, 2,048) images
     first_layer = 160 if method == "deepcluster-v2" else 0
-    assert eval_rows(0, steps_end[0]) == first_layer + 160  # then epoch 0's labels: a pass over the 160 images
+    assert (
+        eval_rows(0, steps_end[0]) == first_layer + 160
+    )  # then epoch 0's labels: a pass over the 160 images
     assert (
         eval_rows(steps_end[4], steps_end[5]) == 100
     )  # the k-NN monitor's 100 only: epoch 1's from the bank
