@@ -133,8 +133,8 @@ def test_a_v2_run_writes_every_set_s_labels(v2_run) -> None:
     def eval_rows(start: int, stop: int | None) -> int:
         return sum(rows for training, rows, _ in calls[start:stop] if not training)
 
-    # DeepCluster-v2's first layer from the data (model.first_conv=patches, its default) sees min(N, 2,048) images
-    first_layer = 160 if method == "deepcluster-v2" else 0
+    # a first layer from the data (model.first_conv, DeepCluster-v2's default: patches) sees min(N, 2,048) images
+    first_layer = 160 if trainer.config.model.first_conv != "random" else 0
     assert (
         eval_rows(0, steps_end[0]) == first_layer + 160
     )  # then epoch 0's labels: a pass over the 160 images
