@@ -25,18 +25,19 @@ def per_epoch(steps_per_epoch: int, epochs: int) -> int:
 
 def test_the_plan_fills_the_budget_with_whole_epochs_of_about_a_pass() -> None:
     costs = Costs(spent=10.0, step=1.0, update=5.0, epoch_end=1.0)
-    # 200 s x 0.97 - 10 s = 184 s; a pass of 20 steps costs 20 + 1 + 5 = 26 s: 7 epochs (184 / 26 = 7.08), then
-    # 7 x (s + 6) <= 184 gives 20 steps each.
+    # 200 s x 0.9 - 10 s = 170 s; a pass of 20 steps costs 20 + 1 + 5 = 26 s: 7 epochs (170 / 26 = 6.54), then
+    # 7 x (s + 6) <= 170 gives 18 steps each.
     plan = plan_budget(200.0, costs, steps_per_pass=20, updates_after_first=per_epoch)
-    assert MARGIN == 0.97
-    assert plan == Plan(epochs=7, steps_per_epoch=20, steps=140, updates=7, seconds=10.0 + 7 * 26)
-    # Fewer steps than a pass fit: one epoch, as many steps as fit (0.97 x 30 - 10 = 19.1 >= s + 6: 13).
-    assert plan_budget(30.0, costs, 20, per_epoch) == Plan(1, 13, 13, 1, 10.0 + 19)
+    assert MARGIN == 0.9
+    assert plan == Plan(epochs=7, steps_per_epoch=18, steps=126, updates=7, seconds=10.0 + 7 * 24)
+    # Fewer steps than a pass fit: one epoch, as many steps as fit (0.9 x 30 - 10 = 17 >= s + 6: 11).
+    assert plan_budget(30.0, costs, 20, per_epoch) == Plan(1, 11, 11, 1, 10.0 + 17)
     # Labels every third epoch (DeeperCluster): fewer updates leave room for more steps.
     every_third = lambda spe, epochs: len(range(3, epochs, 3)) + 1  # noqa: E731
     third = plan_budget(200.0, costs, 20, every_third)
-    assert third.epochs == 7 and third.updates == 3 and 7 * (third.steps_per_epoch + 1) + 3 * 5 <= 184
-    assert 7 * (third.steps_per_epoch + 2) + 3 * 5 > 184  # and one more step each would not fit
+    assert third.epochs == 7 and third.updates == 3 and 7 * (third.steps_per_epoch + 1) + 3 * 5 <= 170
+    assert 7 * (third.steps_per_epoch + 2) + 3 * 5 > 170  # and one more step each would not fit
+    assert third.steps_per_epoch == 21
 
 
 def test_a_budget_smaller_than_a_step_still_trains_one() -> None:
