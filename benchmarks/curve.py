@@ -12,10 +12,11 @@ Each point (one JSON line of PREFIX.jsonl, default benchmarks/results/curve-<dat
   * nmi_labels: NMI of the run's current labels (first set) to the train split's true classes;
   * minutes: wall minutes since the training was started, less the time spent measuring (so they include
     decoding and label updates, as a user waits for them); steps: optimiser steps so far; epoch.
-The first point is the random initialisation (the run's own first weights, seed --seed) with the run's first
-labels, the last the trained network with its final labels. Measuring happens in an `on_step` callback: eval
-mode, then `nets.train()` again, the global RNGs (Python, NumPy, torch) saved and restored, so the run trains
-as it would unmeasured (but run.max_minutes also counts the measuring). The budget is run.max_minutes =
+The first point is the random initialisation (the network built with seed --seed as the engine builds it, before
+a first layer from the data, `model.first_conv=patches`, replaces its first filters) with the run's first labels,
+the last the trained network with its final labels. Measuring happens in an `on_step` callback: eval mode, then
+`nets.train()` again, the global RNGs (Python, NumPy, torch) saved and restored, so the run trains as it would
+unmeasured (but run.max_minutes also counts the measuring). The budget is run.max_minutes =
 --minutes (the engine plans the run to fit it). Then PREFIX.png (k-NN and NMI against minutes) and PREFIX.md
 (a table, with the CPU line and precision).
 """
@@ -81,7 +82,8 @@ def embed(net: torch.nn.Module, view, images: torch.Tensor, precision) -> np.nda
 
 
 def initial_network(config) -> torch.nn.Module:
-    """The run's first weights, built again as the engine built them (seeded with the run's seed)."""
+    """The run's random initialisation, built again as the engine builds it (seeded with the run's seed; the
+    first filters random even where the run then sets them from the data)."""
     seed_everything(config.run.seed)
     model = config.model
     return build_backbone(model.arch, sobel=model.sobel, input_size=config.data.input_size)
