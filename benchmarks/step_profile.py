@@ -46,11 +46,12 @@ def run_steps(trainer: Trainer, rows: list[torch.Tensor], labels: torch.Tensor) 
     times = []
     for i, batch in enumerate(rows):
         t0 = time.perf_counter()
-        x = trainer.train_view(next(feed).to(precision.device), trainer.generator("augment", 0, i))
+        generator = trainer.generator("augment", 0, i)  # one stream for the view and forward, as the engine's
+        x = trainer.train_view(next(feed).to(precision.device), generator)
         t1 = time.perf_counter()
         with precision.autocast():
             outputs, targets = method.forward(
-                nets.train_backbone, nets.train_heads, x, labels[batch], trainer.generator("augment", 0, i)
+                nets.train_backbone, nets.train_heads, x, labels[batch], generator
             )
         loss = method.loss(outputs, targets)
         float(loss.detach())
