@@ -80,15 +80,15 @@ from deepcluster import preset_config
 from deepcluster.config import apply_overrides, parse_set
 from deepcluster.data.decode import decode_images
 from deepcluster.data.sources import open_source
-from deepcluster.data.stream import batches
 from deepcluster.engine.device import Precision
 from deepcluster.engine.loop import Trainer
 from deepcluster.evaluate.results import format_table
 from deepcluster.models import build_backbone
-from deepcluster.seeding import seed_everything, torch_generator
+from deepcluster.seeding import seed_everything
 from jpeg_archives import archive_rows
 from learns import measure, train_and_decode
 from machine import cpu_line
+from step_profile import batch_rows, ready_trainer, run_steps
 
 HERE = Path(__file__).resolve().parent
 SUBSET_SEED = 29  # benchmarks/sweep.py's: the 10,000-image subset is sweep.py's cifar10-train-10k
@@ -236,50 +236,21 @@ def our_config(args, data: str | None, split: str | None, out: Path, minutes: fl
 
 
 def time_our_steps(config, steps: int, warmup: int) -> dict:
-    """Seconds per training step of ours as `engine/budget.py`'s `time_steps` times them: the run's train view,
-    forward, loss and SGD step (on the run's own networks, heads as built for the first labels, random labels),
-    `warmup` untimed steps first."""
-    trainer = Trainer(config)
-    try:
-        trainer.setup()
-        nets, method, precision = trainer.nets, trainer.method, trainer.precision
-        nets.first_heads(0)
-        cfg = trainer.config
-        n, batch = len(trainer.data.indices), trainer.batch_size
-        sets = cfg.section("deepcluster_v2").n_sets
-        labels = torch.randint(cfg.cluster.k, (n, sets), generator=torch_generator(1))
-        order = torch.as_tensor(np.random.default_rng(cfg.run.seed).permutation(n))
-        parts = [order[(i * batch + torch.arange(batch)) % n] for i in range(warmup + steps)]
-        feed = batches(trainer.data.images, iter(parts))
-        nets.train()
-        nets.set_lr(1.0)
-        times = []
-        for i, rows in enumerate(parts):
-            began = time.perf_counter()
-            generator = trainer.generator("augment", 0, i)
-            x = trainer.train_view(next(feed).to(precision.device), generator)
-            with precision.autocast():
-                outputs, targets = method.forward(
-                    nets.train_backbone, nets.train_heads, x, labels[rows], generator
-                )
-            loss = method.loss(outputs, targets)
-            float(loss.detach())
-            nets.step(loss)
-            method.observe(rows, outputs, trainer.procs)
-            times.append(time.perf_counter() - began)
-        feed.close()
-        timed = times[warmup:]
+    """Seconds per training step of ours, each step as the engine runs it (`step_profile.run_steps`: the run's
+    train view, forward, loss, backward, optimiser step, on the run's own networks, heads as built for the first
+    labels, random labels), `warmup` untimed steps first."""
+    with ready_trainer(config, "deepcluster_v2") as (trainer, labels, order):
+        parts = batch_rows(order, trainer.batch_size, warmup + steps)
+        timed = [sum(phases.values()) for phases in run_steps(trainer, parts, labels)][warmup:]
         return {
             "step_mean": statistics.fmean(timed),
             "step_median": statistics.median(timed),
             "timed_steps": len(timed),
-            "batch": batch,
-            "images": n,
-            "precision": precision.name,
+            "batch": trainer.batch_size,
+            "images": len(trainer.data.indices),
+            "precision": trainer.precision.name,
             "threads": torch.get_num_threads(),
         }
-    finally:
-        trainer.resources.close(True)
 
 
 def our_steps(history: list[dict], images: int, config) -> tuple[int, float]:

@@ -17,11 +17,13 @@ precision and the threads; --out also writes them as Markdown.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,31 @@ from deepcluster.seeding import torch_generator
 from machine import cpu_line
 
 PHASES = ("augment", "forward", "backward", "optimiser")
+
+
+@contextlib.contextmanager
+def ready_trainer(config, section: str) -> Iterator[tuple[Trainer, torch.Tensor, torch.Tensor]]:
+    """The run `config` describes, set up as `deepcluster train` would (data decoded, first layer, networks),
+    its first heads made, in train mode at the full learning rate; with random labels (one per image and
+    prototype set of the v2 method `section`: the step's cost does not depend on them) and a seeded order of
+    the images. Closes the run's resources after."""
+    trainer = Trainer(config)
+    try:
+        trainer.setup()
+        trainer.nets.first_heads(0)
+        trainer.nets.train()
+        trainer.nets.set_lr(1.0)
+        cfg, n = trainer.config, len(trainer.data.indices)
+        labels = torch.randint(cfg.cluster.k, (n, cfg.section(section).n_sets), generator=torch_generator(1))
+        order = torch.as_tensor(np.random.default_rng(cfg.run.seed).permutation(n))
+        yield trainer, labels, order
+    finally:
+        trainer.resources.close(True)
+
+
+def batch_rows(order: torch.Tensor, batch: int, count: int) -> list[torch.Tensor]:
+    """`count` batches of `batch` images, in `order` (wrapping around)."""
+    return [order[(i * batch + torch.arange(batch)) % len(order)] for i in range(count)]
 
 
 def run_steps(trainer: Trainer, rows: list[torch.Tensor], labels: torch.Tensor) -> list[dict[str, float]]:
@@ -88,25 +115,16 @@ def main() -> None:
     if args.data:
         sets.append(f"data.data={args.data}")
     config = apply_overrides(preset_config("default", args.method), parse_set(sets))
-    trainer = Trainer(config)
     try:
-        trainer.setup()
-        trainer.nets.first_heads(0)
-        trainer.nets.train()
-        trainer.nets.set_lr(1.0)
-        cfg, n, batch = trainer.config, len(trainer.data.indices), trainer.batch_size
-        n_sets = cfg.section(args.method.replace("-", "_")).n_sets  # a v2 method: one label per prototype set
-        labels = torch.randint(cfg.cluster.k, (n, n_sets), generator=torch_generator(1))
-        order = torch.as_tensor(np.random.default_rng(cfg.run.seed).permutation(n))
-        total = args.warmup + 2 * args.steps
-        rows = [order[(i * batch + torch.arange(batch)) % n] for i in range(total)]
-        run_steps(trainer, rows[: args.warmup], labels)
-        timed = run_steps(trainer, rows[args.warmup : args.warmup + args.steps], labels)
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            run_steps(trainer, rows[args.warmup + args.steps :], labels)
-        precision = trainer.precision.name
+        with ready_trainer(config, args.method.replace("-", "_")) as (trainer, labels, order):
+            batch = trainer.batch_size
+            rows = batch_rows(order, batch, args.warmup + 2 * args.steps)
+            run_steps(trainer, rows[: args.warmup], labels)
+            timed = run_steps(trainer, rows[args.warmup : args.warmup + args.steps], labels)
+            with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+                run_steps(trainer, rows[args.warmup + args.steps :], labels)
+            precision = trainer.precision.name
     finally:
-        trainer.resources.close(True)
         shutil.rmtree(out, ignore_errors=True)
 
     step = [sum(t.values()) for t in timed]
